@@ -1,0 +1,46 @@
+"""`fiqa`: the command line of the curation pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from jobs import bench, export_onnx, import_weights, init_model
+from jobs.config import ConfigError
+from models.artifact import ArtifactError
+from models.weights import WeightsError
+
+VERBS = (init_model, import_weights, export_onnx, bench)
+# Errors that are the input's fault: reported in one line, without a traceback.
+USER_ERRORS = (ConfigError, ArtifactError, WeightsError, FileNotFoundError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fiqa",
+        description="ViT-FIQA face-image-quality scoring and curation on Ray.",
+        epilog="run 'fiqa VERB --help' for a verb's flags and an example",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for verb in VERBS:
+        verb.register(verbs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args) or 0
+    except USER_ERRORS as e:
+        print(f"fiqa {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Job configuration: pydantic models, loaded from YAML and overridden by CLI flags.
+
+Each verb declares one `JobConfig` subclass; its fields become the verb's flags (`out_dir` ->
+`--out-dir`), `--config FILE.yaml` supplies any of them, and flags given on the command line
+win. Everything is validated before any work starts, and an invalid value is reported with the
+name of its field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+
+
+class ConfigError(ValueError):
+    """An invalid job configuration; the message names every bad field."""
+
+
+class JobConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def flag_of(name: str, field) -> str:
+    extra = field.json_schema_extra or {}
+    return extra.get("flag", "--" + name.replace("_", "-"))
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type[JobConfig]) -> None:
+    """One flag per field (positional where the field says so) plus `--config FILE.yaml`."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        help="read settings from a YAML file; flags given here override it",
+    )
+    for name, field in config_cls.model_fields.items():
+        extra = field.json_schema_extra or {}
+        default = "required" if field.is_required() else f"default: {field.default!r}"
+        options: dict[str, Any] = {
+            "dest": name,
+            "default": argparse.SUPPRESS,
+            "help": f"{field.description or ''} ({default})",
+        }
+        annotation = _unwrap_optional(field.annotation)
+        if annotation is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            if typing.get_origin(annotation) is Literal:
+                options["choices"] = [str(c) for c in typing.get_args(annotation)]
+            else:
+                options["metavar"] = extra.get("metavar", name.upper())
+            if typing.get_origin(annotation) in (list, tuple):
+                options["nargs"] = "+"
+        if extra.get("positional"):
+            del options["dest"]
+            parser.add_argument(name, nargs="?", **options)
+        else:
+            parser.add_argument(flag_of(name, field), **options)
+
+
+def _unwrap_optional(annotation):
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0] if len(rest) == 1 else annotation
+    return annotation
+
+
+def config_from_args(config_cls: type[JobConfig], args: argparse.Namespace) -> JobConfig:
+    """Merge `--config` YAML and explicit flags into a validated config."""
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        path = Path(args.config)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read config file {path}: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of settings")
+        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    values.update({k: v for k, v in vars(args).items() if k in config_cls.model_fields})
+    return validate(config_cls, values)
+
+
+def validate(config_cls: type[JobConfig], values: dict[str, Any]) -> JobConfig:
+    try:
+        return config_cls.model_validate(values)
+    except ValidationError as e:
+        fields = config_cls.model_fields
+        lines = []
+        for err in e.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "config"
+            head = str(err["loc"][0]) if err["loc"] else ""
+            where = f"{name} ({flag_of(head, fields[head])})" if head in fields else name
+            lines.append(f"  {where}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
+
+
+def check_preset(name: str) -> str:
+    from models.presets import PRESETS
+
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    return name
+
+
+PresetName = typing.Annotated[str, AfterValidator(check_preset)]
+
+
+def register_verb(
+    subparsers,
+    name: str,
+    config_cls: type[JobConfig],
+    run: typing.Callable[[JobConfig], int | None],
+    *,
+    summary: str,
+    example: str,
+) -> argparse.ArgumentParser:
+    """Add verb `name` whose flags come from `config_cls` and whose action is `run(config)`."""
+    parser = subparsers.add_parser(
+        name,
+        help=summary,
+        description=summary,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_arguments(parser, config_cls)
+    parser.set_defaults(func=lambda args: run(config_from_args(config_cls, args)))
+    return parser
