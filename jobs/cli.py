@@ -6,14 +6,15 @@ import argparse
 import logging
 import sys
 
-from jobs import bench, export_onnx, import_weights, init_model
+from jobs import bench, export_onnx, import_weights, index, init_model, inspect, synth
 from jobs.config import ConfigError
 from models.artifact import ArtifactError
 from models.weights import WeightsError
+from pipeline.storage import StorageError
 
-VERBS = (init_model, import_weights, export_onnx, bench)
+VERBS = (synth, index, inspect, init_model, import_weights, export_onnx, bench)
 # Errors that are the input's fault: reported in one line, without a traceback.
-USER_ERRORS = (ConfigError, ArtifactError, WeightsError, FileNotFoundError)
+USER_ERRORS = (ConfigError, ArtifactError, WeightsError, StorageError, FileNotFoundError)
 
 
 def build_parser() -> argparse.ArgumentParser:

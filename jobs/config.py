@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.storage import StorageOptions
 
 
 class ConfigError(ValueError):
@@ -24,6 +26,28 @@ class ConfigError(ValueError):
 
 class JobConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(JobConfig):
+    """Where object storage is. Credentials come from the standard AWS variables only."""
+
+    endpoint_url: str | None = Field(None, description="S3 endpoint (default: AWS_ENDPOINT_URL)")
+    region: str | None = Field(None, description="S3 region (default: AWS_REGION)")
+
+    def storage(self) -> StorageOptions:
+        return StorageOptions(endpoint_url=self.endpoint_url, region=self.region)
+
+
+class DataConfig(StorageConfig):
+    """A dataset to read: URI and format."""
+
+    data: str = Field(description="dataset URI: a local path, file://, s3:// or memory://")
+    format: Literal["wds", "rec", "folder", "parquet"] = Field(description="dataset format")
+    format_options: dict[str, Any] = Field(
+        {},
+        description="format settings (YAML only), e.g. parquet column names",
+        json_schema_extra={"cli": False},
+    )
 
 
 def flag_of(name: str, field) -> str:
@@ -40,6 +64,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type[JobCo
     )
     for name, field in config_cls.model_fields.items():
         extra = field.json_schema_extra or {}
+        if extra.get("cli") is False:  # structured settings come from the YAML file only
+            continue
         default = "required" if field.is_required() else f"default: {field.default!r}"
         options: dict[str, Any] = {
             "dest": name,

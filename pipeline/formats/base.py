@@ -1,0 +1,110 @@
+"""What every dataset format provides: shard listing, a streaming shard reader and a writer.
+
+A reader yields sample rows (DESIGN.md's contract) and never raises for bad content: what is
+readable comes through with status `ok`, what is not becomes a row with status `read_error`
+and a message, or, when not even the keys can be recovered, a `ShardError` naming the shard
+(the caller records it; the job goes on with the other shards).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+import fsspec
+import pyarrow as pa
+
+OK = "ok"
+READ_ERROR = "read_error"
+
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("shard", pa.string()),
+        ("identity", pa.string()),
+        ("image", pa.binary()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+    ]
+)
+
+
+class ShardError(RuntimeError):
+    """A shard that could not be read at all (or not past some point); says which and why."""
+
+    def __init__(self, shard: str, reason: str):
+        super().__init__(f"{shard}: {reason}")
+        self.shard, self.reason = shard, reason
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One unit of work. `key` is stable and unique within the dataset (it is the manifest's
+    `shard`); `path` is the object the reader opens; `start`/`stop` select a record range
+    (RecordIO) and are unused by whole-file formats."""
+
+    key: str
+    path: str
+    start: int = 0
+    stop: int | None = None
+
+
+def sample(
+    image_id: str,
+    shard: str,
+    identity: str | None,
+    image: bytes | None,
+    status: str = OK,
+    error: str | None = None,
+) -> dict:
+    return {
+        "image_id": image_id,
+        "shard": shard,
+        "identity": identity,
+        "image": image,
+        "status": status,
+        "error": error,
+    }
+
+
+def read_error(image_id: str, shard: str, identity: str | None, message: str) -> dict:
+    return sample(image_id, shard, identity, None, READ_ERROR, message)
+
+
+class DatasetWriter(ABC):
+    """Writes samples in order; `close()` finishes the last shard and any index files."""
+
+    @abstractmethod
+    def write(
+        self, key: str, identity: str | None, image: bytes, ext: str, meta: dict | None = None
+    ) -> str:
+        """Store one image (`ext` like "jpg"); returns the image_id a reader will report."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class DatasetFormat(ABC):
+    name: ClassVar[str]
+
+    @abstractmethod
+    def list_shards(self, fs: fsspec.AbstractFileSystem, root: str) -> list[Shard]:
+        """Shards of the dataset at `root`, in a stable order. Lists files, never images."""
+
+    @abstractmethod
+    def read_shard(self, fs: fsspec.AbstractFileSystem, root: str, shard: Shard) -> Iterator[dict]:
+        """Sample rows of one shard, streamed."""
+
+    @abstractmethod
+    def writer(
+        self, fs: fsspec.AbstractFileSystem, root: str, *, shard_size: int = 1000
+    ) -> DatasetWriter:
+        """A writer that creates a dataset at `root`, `shard_size` images per shard."""
