@@ -17,11 +17,21 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/pytest
 
-# The end-to-end job grows with the pipeline; today it covers the model stage.
+# The end-to-end job on embedded defaults (a local folder as object storage, local Ray, the
+# SQLite catalog under demo-output/); it grows with the pipeline.
+DEMO := demo-output
 demo: $(STAMP)
-	$(BIN)/fiqa init-model --preset vit-fiqa-cpu --out demo-output/model
-	$(BIN)/fiqa export-onnx --model demo-output/model --out demo-output/model.onnx
-	$(BIN)/fiqa bench model --preset vit-fiqa-cpu --seconds 1
+	$(BIN)/fiqa synth --identities 40 --per-identity 12 --format wds --shard-size 120 \
+		--split train --out $(DEMO)/train
+	$(BIN)/fiqa synth --identities 12 --per-identity 8 --format wds --split eval \
+		--out $(DEMO)/eval
+	$(BIN)/fiqa inspect --data $(DEMO)/train --format wds
+	$(BIN)/fiqa train --data $(DEMO)/train --format wds --eval-data $(DEMO)/eval \
+		--preset vit-fiqa-cpu --epochs 2 --batch-size 64 --warmup-epochs 0.5 \
+		--storage-path $(DEMO)/runs --run-name demo --out $(DEMO)/model
+	FIQA_HOME=$(DEMO)/fiqa-home $(BIN)/fiqa score --model $(DEMO)/model \
+		--data $(DEMO)/eval --format wds --table demo.manifest
+	$(BIN)/fiqa export-onnx --model $(DEMO)/model --out $(DEMO)/model.onnx
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import torch
 from pydantic import Field
@@ -10,7 +11,7 @@ from pydantic import Field
 from jobs.config import JobConfig, PresetName, register_verb
 from models.presets import Mode
 from models.vit_fiqa import create_model
-from pipeline.benchmark import bench_decode, bench_model, bench_synth
+from pipeline.benchmark import bench_decode, bench_model, bench_score, bench_synth
 
 
 class BenchModelConfig(JobConfig):
@@ -78,3 +79,75 @@ def register(subparsers) -> None:
         summary="synthetic faces rendered per second per core vs JPEG encoding alone",
         example="fiqa bench synth --seconds 5",
     )
+    register_verb(
+        what,
+        "score",
+        BenchScoreConfig,
+        run_score,
+        summary="fiqa score's pipeline vs a bare loop on the same images; peak memory",
+        example="fiqa bench score --images 20000",
+    )
+    register_verb(
+        what,
+        "train",
+        BenchTrainConfig,
+        run_train,
+        summary="training images/s through Ray Train (1, 2 workers) vs a bare loop",
+        example="fiqa bench train --data /tmp/faces --batch-size 64",
+    )
+
+
+class BenchScoreConfig(JobConfig):
+    images: int = Field(20_000, gt=0, description="images to score")
+    preset: PresetName = Field("vit-fiqa-cpu", description="architecture preset")
+    batch_size: int = Field(128, gt=0, description="images per model call")
+    actors: int = Field(1, gt=0, description="scorer actors")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per scorer actor")
+    # Reads and decodes are light, so one actor using every core's thread is fastest here.
+    threads_per_actor: int | None = Field(
+        os.cpu_count(), ge=1, description="torch threads per actor"
+    )
+    baseline: bool = Field(True, description="also time the bare single-process loop")
+
+
+def run_score(config: BenchScoreConfig) -> None:
+    import ray
+
+    ray.init(ignore_reinit_error=True, log_to_driver=False)
+    result = bench_score(
+        config.images,
+        config.preset,
+        batch_size=config.batch_size,
+        actors=(config.actors, config.actors),
+        cpus_per_actor=config.cpus_per_actor,
+        threads_per_actor=config.threads_per_actor,
+        baseline=config.baseline,
+    )
+    print(json.dumps(result))
+
+
+class BenchTrainConfig(JobConfig):
+    data: str = Field(description="training dataset URI (e.g. from fiqa synth)")
+    format: str = Field(
+        "wds", pattern="^(wds|rec|folder|parquet)$", description="wds, rec, folder or parquet"
+    )
+    preset: PresetName = Field("vit-fiqa-cpu", description="architecture preset")
+    batch_size: int = Field(64, gt=0, description="global batch")
+    workers: list[int] = Field([1, 2], description="Ray Train worker counts to time")
+
+
+def run_train(config: BenchTrainConfig) -> None:
+    import tempfile
+
+    from pipeline.benchmark import bench_train
+
+    with tempfile.TemporaryDirectory() as workdir:
+        result = bench_train(
+            config.data,
+            config.format,
+            config.preset,
+            batch_size=config.batch_size,
+            workers=tuple(config.workers),
+            workdir=workdir,
+        )
+    print(json.dumps(result))

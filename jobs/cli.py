@@ -6,15 +6,33 @@ import argparse
 import logging
 import sys
 
-from jobs import bench, export_onnx, import_weights, index, init_model, inspect, synth
+from jobs import (
+    bench,
+    export_onnx,
+    import_weights,
+    index,
+    init_model,
+    inspect,
+    score,
+    synth,
+    train,
+)
 from jobs.config import ConfigError
 from models.artifact import ArtifactError
 from models.weights import WeightsError
 from pipeline.storage import StorageError
+from pipeline.training import TrainingError
 
-VERBS = (synth, index, inspect, init_model, import_weights, export_onnx, bench)
+VERBS = (synth, index, inspect, score, init_model, import_weights, export_onnx, train, bench)
 # Errors that are the input's fault: reported in one line, without a traceback.
-USER_ERRORS = (ConfigError, ArtifactError, WeightsError, StorageError, FileNotFoundError)
+USER_ERRORS = (
+    ConfigError,
+    ArtifactError,
+    WeightsError,
+    StorageError,
+    TrainingError,
+    FileNotFoundError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

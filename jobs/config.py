@@ -35,7 +35,8 @@ class StorageConfig(JobConfig):
     region: str | None = Field(None, description="S3 region (default: AWS_REGION)")
 
     def storage(self) -> StorageOptions:
-        return StorageOptions(endpoint_url=self.endpoint_url, region=self.region)
+        """Resolved on the driver: Ray workers get the driver's endpoint and credentials."""
+        return StorageOptions(endpoint_url=self.endpoint_url, region=self.region).with_environment()
 
 
 class DataConfig(StorageConfig):
@@ -55,6 +56,13 @@ def flag_of(name: str, field) -> str:
     return extra.get("flag", "--" + name.replace("_", "-"))
 
 
+def source_of(name: str, field) -> str:
+    """Where a field's value is set: its flag, or the YAML file for structured settings."""
+    if (field.json_schema_extra or {}).get("cli") is False:
+        return f"YAML key {name}"
+    return flag_of(name, field)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type[JobConfig]) -> None:
     """One flag per field (positional where the field says so) plus `--config FILE.yaml`."""
     parser.add_argument(
@@ -66,11 +74,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type[JobCo
         extra = field.json_schema_extra or {}
         if extra.get("cli") is False:  # structured settings come from the YAML file only
             continue
-        default = "required" if field.is_required() else f"default: {field.default!r}"
+        if field.is_required():
+            default = " (required)"
+        else:  # a None default says nothing the description does not
+            default = "" if field.default is None else f" (default: {field.default!r})"
         options: dict[str, Any] = {
             "dest": name,
             "default": argparse.SUPPRESS,
-            "help": f"{field.description or ''} ({default})",
+            "help": f"{field.description or ''}{default}",
         }
         annotation = _unwrap_optional(field.annotation)
         if annotation is bool:
@@ -122,7 +133,7 @@ def validate(config_cls: type[JobConfig], values: dict[str, Any]) -> JobConfig:
         for err in e.errors():
             name = ".".join(str(p) for p in err["loc"]) or "config"
             head = str(err["loc"][0]) if err["loc"] else ""
-            where = f"{name} ({flag_of(head, fields[head])})" if head in fields else name
+            where = f"{name} ({source_of(head, fields[head])})" if head in fields else name
             lines.append(f"  {where}: {err['msg']}")
         raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
 

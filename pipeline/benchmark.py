@@ -8,8 +8,11 @@ import io
 import itertools
 import os
 import platform
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import numpy as np
 import PIL
@@ -252,4 +255,257 @@ def bench_synth(
         "encode_only_images_per_s": round(encode_rate, 1),
         "ratio_to_encode_only": round(synth_rate / encode_rate, 3),
         "cpu": platform.processor() or platform.machine(),
+    }
+
+
+class ProcessPeakMemory:
+    """Peak RSS (VmHWM) of the processes whose command line contains `pattern`, sampled from
+    /proc while the block runs (Ray names actor processes after their class). Linux only."""
+
+    def __init__(self, pattern: str, interval: float = 0.25):
+        self.pattern, self.interval = pattern.encode(), interval
+        self.peak_mib = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            for proc in Path("/proc").glob("[0-9]*"):
+                try:
+                    if self.pattern not in (proc / "cmdline").read_bytes():
+                        continue
+                    for line in (proc / "status").read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            self.peak_mib = max(self.peak_mib, int(line.split()[1]) / 1024)
+                except OSError:  # the process ended between listing and reading
+                    continue
+
+    def __enter__(self) -> ProcessPeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def bench_score(
+    images: int = 20_000,
+    preset: str = "vit-fiqa-cpu",
+    *,
+    batch_size: int = 64,
+    actors: tuple[int, int] = (1, 1),
+    cpus_per_actor: float = 1.0,
+    threads_per_actor: int | None = None,
+    shard_size: int = 1000,
+    baseline: bool = True,
+    workdir: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """`fiqa score` against a bare single-process loop (read, decode, preprocess, model) on
+    the same images and model, plus peak memory of the driver and of a scorer actor.
+
+    The dataset is `images` WebDataset samples cycling through 500 distinct synthetic faces
+    (scoring cost does not depend on the pixels; rendering 100k faces would dominate)."""
+    import resource
+    import tempfile
+
+    from models.artifact import load_artifact, save_artifact
+    from models.vit_fiqa import create_model
+    from pipeline.catalog import CatalogConfig
+    from pipeline.decode import DecodeOptions, decode_image, to_model_input
+    from pipeline.formats import get_format
+    from pipeline.scoring import ScoringPlan, score
+    from pipeline.storage import filesystem
+    from pipeline.synthetic_dataset import SynthSpec, render_identity
+
+    work = workdir or tempfile.mkdtemp(prefix="fiqa-bench-score-")
+    spec = SynthSpec(identities=25, per_identity=20)
+    pool = [data for i in range(spec.identities) for _, data, _ in render_identity(spec, i)]
+    fs, data = filesystem(f"{work}/data")
+    with get_format("wds").writer(fs, data, shard_size=shard_size) as writer:
+        for n in range(images):
+            writer.write(f"img{n:08d}", f"id{n % 997:04d}", pool[n % len(pool)], "jpg")
+    model_dir = f"{work}/model"
+    save_artifact(create_model(preset), model_dir, preset=preset)
+    log(
+        f"{images} images in {-(-images // shard_size)} shards, preset {preset}, batch {batch_size}"
+    )
+
+    plan = ScoringPlan(
+        model=model_dir,
+        data=data,
+        format="wds",
+        table="bench.manifest",
+        dataset="bench",
+        batch_size=batch_size,
+        actors=actors,
+        cpus_per_actor=cpus_per_actor,
+        threads_per_actor=threads_per_actor,
+        commit_every=1 << 30,
+        catalog=CatalogConfig(
+            properties={
+                "type": "sql",
+                "uri": f"sqlite:///{work}/cat.db",
+                "warehouse": f"file://{work}/warehouse",
+            }
+        ),
+    )
+    with ProcessPeakMemory("QualityScorer") as scorer:
+        summary = score(plan, on_commit=log)
+    pipeline_rate = summary.images_per_s
+    driver_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    log(
+        f"ray pipeline: {pipeline_rate:.1f} images/s ({summary.seconds:.1f} s), driver peak "
+        f"RSS {driver_mib:.0f} MiB, scorer actor peak RSS {scorer.peak_mib:.0f} MiB"
+    )
+    result = {
+        "bench": "score",
+        "images": images,
+        "preset": preset,
+        "batch_size": batch_size,
+        "actors": list(actors),
+        "pipeline_images_per_s": round(pipeline_rate, 1),
+        "pipeline_seconds": round(summary.seconds, 1),
+        "driver_peak_rss_mib": round(driver_mib, 1),
+        "scorer_peak_rss_mib": round(scorer.peak_mib, 1),
+    }
+    if not baseline:
+        return result
+
+    model = load_artifact(model_dir).model
+    options = DecodeOptions()
+    fmt, stages = get_format("wds"), Counter()
+    start = time.perf_counter()
+    pending: list[np.ndarray] = []
+
+    def run_model() -> None:
+        t = time.perf_counter()
+        x = to_model_input(np.stack(pending), options)
+        stages["preprocess"] += time.perf_counter() - t
+        t = time.perf_counter()
+        with torch.inference_mode():
+            model(x)
+        stages["model"] += time.perf_counter() - t
+        pending.clear()
+
+    for shard in fmt.list_shards(fs, data):
+        rows = fmt.read_shard(fs, data, shard)
+        while True:
+            t = time.perf_counter()
+            row = next(rows, None)
+            stages["read"] += time.perf_counter() - t
+            if row is None:
+                break
+            t = time.perf_counter()
+            decoded = decode_image(row["image"], options)
+            stages["decode"] += time.perf_counter() - t
+            pending.append(decoded.pixels)
+            if len(pending) == batch_size:
+                run_model()
+    if pending:
+        run_model()
+    bare_seconds = time.perf_counter() - start
+    bare_rate = images / bare_seconds
+    shares = {k: round(v / bare_seconds, 3) for k, v in stages.items()}
+    log(
+        f"bare loop: {bare_rate:.1f} images/s ({bare_seconds:.1f} s); time shares "
+        + ", ".join(f"{k} {v:.1%}" for k, v in shares.items())
+    )
+    log(f"ratio pipeline / bare loop: {pipeline_rate / bare_rate:.3f}")
+    return {
+        **result,
+        "bare_images_per_s": round(bare_rate, 1),
+        "bare_seconds": round(bare_seconds, 1),
+        "bare_stage_shares": shares,
+        "ratio": round(pipeline_rate / bare_rate, 3),
+    }
+
+
+def bench_train(
+    data: str,
+    data_format: str = "wds",
+    preset: str = "vit-fiqa-cpu",
+    *,
+    batch_size: int = 64,
+    workers: tuple[int, ...] = (1, 2),
+    augmentations: tuple[str, ...] = ("flip", "photometric", "blur", "cutout"),
+    workdir: str,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Training images/s through Ray Train (one epoch per worker count, the epoch's own
+    throughput: startup and evaluation excluded) against a bare single-process loop over
+    the same images, already decoded in memory, with the same model, loss, batch and
+    augmentations. Each Ray run gets cores / workers CPUs (so torch threads) per worker."""
+    import ray
+
+    from models.losses import FIQALoss
+    from models.vit_fiqa import create_model
+    from pipeline.augment import augment
+    from pipeline.datasource import shard_rows
+    from pipeline.formats import get_format
+    from pipeline.storage import filesystem
+    from pipeline.training import DataSpec, TrainingModule, TrainSpec, fit, parameter_groups
+
+    fs, root = filesystem(data)
+    rows = [
+        row
+        for shard in get_format(data_format).list_shards(fs, root)
+        for row in shard_rows(data_format, {}, data, None, shard)
+    ]
+    classes = {k: i for i, k in enumerate(sorted({r["identity"] for r in rows}))}
+    pixels = decode.decode_batch({"image": [r["image"] for r in rows]})["pixels"]
+    labels = torch.tensor([classes[r["identity"]] for r in rows])
+    model = create_model(preset)
+    module = TrainingModule(model, FIQALoss(model.config.fr_dim, len(classes)))
+    optimizer = torch.optim.AdamW(parameter_groups(module, 0.05), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(rows), generator=generator)
+    batches = [order[i : i + batch_size] for i in range(0, len(rows) - batch_size + 1, batch_size)]
+
+    steps = itertools.count()
+
+    def bare_step() -> int:
+        picked = batches[next(steps) % len(batches)]
+        x = augment(decode.to_model_input(pixels[picked.numpy()]), augmentations, generator)
+        parts = module(x, labels[picked])
+        optimizer.zero_grad(set_to_none=True)
+        parts.total.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 5.0)
+        optimizer.step()
+        return batch_size
+
+    module.train()
+    bare = rate(bare_step, seconds=max(5.0, 2 * len(rows) / 1000), warmup=2)
+    log(f"bare loop: {bare:.1f} training images/s ({len(rows)} images, batch {batch_size})")
+    cores = os.cpu_count() or 1
+    if not ray.is_initialized():
+        ray.init(num_cpus=2 * cores)  # the extra logical CPUs run Ray Data's decode tasks
+    results = {"bare_images_per_s": round(bare, 1)}
+    for n in workers:
+        spec = TrainSpec(
+            train=DataSpec(data_format, (data,)),
+            out=os.path.join(workdir, f"model-{n}"),
+            holdout_fraction=0.0,
+            preset=preset,
+            epochs=1,
+            batch_size=batch_size,
+            warmup_epochs=0.0,
+            augmentations=augmentations,
+            num_workers=n,
+            cpus_per_worker=max(1.0, cores / n),
+            storage_path=os.path.join(workdir, "runs"),
+            run_name=f"bench-{n}-{time.time_ns()}",
+        )
+        epoch = fit(spec).summary["trained"]["epochs"][-1]
+        results[f"ray_{n}_workers_images_per_s"] = round(epoch["images_per_s"], 1)
+        results[f"ratio_{n}_workers_to_bare"] = round(epoch["images_per_s"] / bare, 3)
+        log(f"Ray Train, {n} worker(s): {epoch['images_per_s']:.1f} images/s")
+    return {
+        "bench": "train",
+        "preset": preset,
+        "batch_size": batch_size,
+        "images": len(rows),
+        "cores": cores,
+        **results,
     }

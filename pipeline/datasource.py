@@ -88,22 +88,13 @@ class ShardDatasource(Datasource):
         return ReadTask(read, metadata, schema=SAMPLE_SCHEMA, per_task_row_limit=row_limit)
 
 
-def read_samples(
-    format_name: str,
-    uri: str,
-    *,
-    storage: StorageOptions | None = None,
-    format_options: dict | None = None,
-    shards: list[Shard] | None = None,
-    rows_per_block: int = 256,
-) -> ray.data.Dataset:
-    """A Ray dataset of sample rows (DESIGN.md's contract) for the dataset at `uri`."""
-    source = ShardDatasource(
-        format_name,
-        uri,
-        storage=storage,
-        format_options=format_options,
-        shards=shards,
-        rows_per_block=rows_per_block,
-    )
-    return ray.data.read_datasource(source)
+def read_shards(source: ShardDatasource) -> ray.data.Dataset:
+    """A Ray dataset of sample rows (DESIGN.md's contract) from `source`."""
+    # One block stream per shard: Ray would otherwise split small shards into many tiny
+    # blocks to reach its default parallelism, which only adds scheduling overhead.
+    return ray.data.read_datasource(source, override_num_blocks=max(1, len(source.shards)))
+
+
+def read_samples(format_name: str, uri: str, **options) -> ray.data.Dataset:
+    """Sample rows of the dataset at `uri`; `options` are ShardDatasource's."""
+    return read_shards(ShardDatasource(format_name, uri, **options))

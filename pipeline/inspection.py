@@ -14,9 +14,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import PIL.Image
-import ray
 
-from pipeline.datasource import ShardDatasource
+from pipeline.datasource import ShardDatasource, read_shards
 from pipeline.formats.base import OK
 from pipeline.storage import StorageOptions
 
@@ -83,7 +82,7 @@ def inspect_dataset(
     summary = DatasetSummary(uri=uri, format=format_name, shards=len(source.shards))
     identities: set[str] = set()
     statuses, sizes = Counter(), Counter()
-    rows = ray.data.read_datasource(source).map_batches(header_sizes, batch_format="numpy")
+    rows = read_shards(source).map_batches(header_sizes, batch_format="numpy")
     for batch in rows.iter_batches(batch_format="numpy", batch_size=4096):
         shard_level = batch["image_id"] == batch["shard"]
         summary.shard_errors += int(shard_level.sum())

@@ -37,6 +37,19 @@ class StorageOptions(BaseModel):
     session_token: SecretStr | None = None
     anonymous: bool = Field(False, description="unsigned S3 requests (public buckets)")
 
+    def with_environment(self) -> StorageOptions:
+        """These options with every unset field filled from the AWS variables, so that remote
+        workers, whose environment may differ, use exactly the driver's settings."""
+        s3 = self.resolved()
+        return StorageOptions(
+            endpoint_url=s3["endpoint_url"],
+            region=s3["region"],
+            access_key_id=s3["key"],
+            secret_access_key=s3["secret"],
+            session_token=s3["token"],
+            anonymous=self.anonymous,
+        )
+
     def resolved(self) -> dict[str, str | None]:
         def secret(value: SecretStr | None, env: str) -> str | None:
             return value.get_secret_value() if value is not None else os.environ.get(env)

@@ -1,0 +1,102 @@
+"""`fiqa score`: stream a dataset through the model into the quality manifest (Iceberg)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+
+from pydantic import Field, field_validator
+
+from jobs.config import DataConfig, register_verb
+from pipeline.catalog import CatalogConfig
+from pipeline.manifest import DEFAULT_TABLE
+from pipeline.scoring import ScoringPlan, score
+from pipeline.storage import parse_uri
+
+log = logging.getLogger(__name__)
+
+
+class ScoreConfig(DataConfig):
+    model: str = Field(description="model artifact URI")
+    table: str = Field(DEFAULT_TABLE, description="manifest table, namespace.table")
+    dataset: str | None = Field(
+        None, description="dataset name in the manifest (default: the last part of --data)"
+    )
+    with_embeddings: bool = Field(False, description="also store FR embeddings (float16)")
+    batch_size: int = Field(128, gt=0, description="images per model call")
+    decode_batch_size: int = Field(256, gt=0, description="images per decode task call")
+    actors: str = Field("1", description="scorer actors: N, or MIN,MAX to autoscale")
+    cpus_per_actor: float = Field(1.0, ge=0, description="CPUs reserved per scorer actor")
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per scorer actor")
+    threads_per_actor: int | None = Field(None, ge=1, description="torch threads per CPU actor")
+    commit_every: int = Field(16, gt=0, description="shards per commit (one snapshot each)")
+    catalog: CatalogConfig = Field(
+        CatalogConfig(), description="Iceberg catalog (YAML only)", json_schema_extra={"cli": False}
+    )
+    json_output: bool = Field(
+        False,
+        description="print the summary as one JSON line last",
+        json_schema_extra={"flag": "--json"},
+    )
+
+    @field_validator("actors")
+    @classmethod
+    def actor_range(cls, value: str) -> str:
+        parts = value.split(",")
+        if len(parts) > 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+            raise ValueError("expected N or MIN,MAX with positive integers")
+        if len(parts) == 2 and int(parts[0]) > int(parts[1]):
+            raise ValueError("MIN must not exceed MAX")
+        return value
+
+    def plan(self) -> ScoringPlan:
+        low, _, high = self.actors.partition(",")
+        return ScoringPlan(
+            model=self.model,
+            data=self.data,
+            format=self.format,
+            table=self.table,
+            dataset=self.dataset or posixpath.basename(parse_uri(self.data).path),
+            format_options=self.format_options,
+            with_embeddings=self.with_embeddings,
+            batch_size=self.batch_size,
+            decode_batch_size=self.decode_batch_size,
+            actors=(int(low), int(high or low)),
+            cpus_per_actor=self.cpus_per_actor,
+            gpus_per_actor=self.gpus_per_actor,
+            threads_per_actor=self.threads_per_actor,
+            commit_every=self.commit_every,
+            storage=self.storage(),
+            catalog=self.catalog,
+        )
+
+
+def run(config: ScoreConfig) -> None:
+    plan = config.plan()
+    # Ray starts (or joins RAY_ADDRESS) on first use, after the checks that need no cluster.
+    summary = score(plan, on_commit=print)
+    statuses = ", ".join(f"{k} {v}" for k, v in summary.statuses.items()) or "nothing new"
+    print(
+        f"scored {summary.images} images of {plan.dataset} ({statuses}) in "
+        f"{summary.seconds:.1f} s, {summary.images_per_s:.0f} images/s; "
+        f"{summary.shards_skipped} of {summary.shards_total} shards were already committed"
+    )
+    print(
+        f"table: {plan.table} (model_id {summary.model_id}, run {summary.run_id}, "
+        f"snapshots {', '.join(map(str, summary.snapshots)) or 'none'})"
+    )
+    if config.json_output:
+        print(json.dumps(summary.to_dict()))
+
+
+def register(subparsers) -> None:
+    register_verb(
+        subparsers,
+        "score",
+        ScoreConfig,
+        run,
+        summary="score a dataset into the quality manifest, exactly once per model",
+        example="fiqa score --model models/vit-fiqa-s --data s3://faces/ms1mv2 "
+        "--format rec --table faces.quality --actors 2,8 --gpus-per-actor 1",
+    )

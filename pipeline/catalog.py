@@ -1,0 +1,72 @@
+"""The Iceberg catalog holding manifest tables.
+
+Embedded default: pyiceberg's SQL catalog on a SQLite file with a local warehouse, both under
+`FIQA_HOME` (default `~/.fiqa`). Any pyiceberg catalog (REST, Glue, Hive, SQL on Postgres) and
+an `s3://` warehouse are configuration: `properties` go to `pyiceberg.catalog.load_catalog`
+as they are, and S3 settings the properties leave out come from our StorageOptions (so the
+endpoint reaches pyiceberg's pyarrow FileIO explicitly).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+from pyiceberg.catalog import Catalog, load_catalog
+
+from pipeline.storage import StorageOptions
+
+
+def fiqa_home() -> Path:
+    return Path(os.environ.get("FIQA_HOME") or Path.home() / ".fiqa").expanduser()
+
+
+class CatalogConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field("fiqa", description="catalog name")
+    properties: dict[str, str] = Field(
+        {},
+        description="pyiceberg catalog properties (type, uri, warehouse, ...); empty: the "
+        "embedded SQLite catalog under FIQA_HOME",
+    )
+
+    def resolved(self, storage: StorageOptions | None = None) -> dict[str, str]:
+        """The full property set, defaults and S3 settings filled in."""
+        props = dict(self.properties)
+        if "type" not in props and "uri" not in props:
+            home = fiqa_home()
+            home.mkdir(parents=True, exist_ok=True)
+            props.update(
+                type="sql",
+                uri=f"sqlite:///{home / 'catalog.db'}",
+                warehouse=props.get("warehouse") or (home / "warehouse").as_uri(),
+            )
+        if str(props.get("warehouse", "")).startswith("s3://") or props.get("type") != "sql":
+            s3 = (storage or StorageOptions()).resolved()
+            for key, value in (
+                ("s3.endpoint", s3["endpoint_url"]),
+                ("s3.region", s3["region"]),
+                ("s3.access-key-id", s3["key"]),
+                ("s3.secret-access-key", s3["secret"]),
+                ("s3.session-token", s3["token"]),
+            ):
+                if value and key not in props:
+                    props[key] = value
+        return props
+
+
+def open_catalog(
+    config: CatalogConfig | None = None, storage: StorageOptions | None = None
+) -> Catalog:
+    config = config or CatalogConfig()
+    return load_catalog(config.name, **config.resolved(storage))
+
+
+def catalog_kwargs(
+    config: CatalogConfig | None = None, storage: StorageOptions | None = None
+) -> dict[str, str]:
+    """The arguments Ray's `write_iceberg` needs to open the same catalog in its tasks."""
+    config = config or CatalogConfig()
+    return {"name": config.name, **config.resolved(storage)}

@@ -1,0 +1,97 @@
+"""The quality manifest: one Iceberg table row per (dataset, image_id, model_id).
+
+Columns: dataset, image_id, shard, identity, status, error, quality (float32, null unless
+status is ok), width, height, model_id, run_id, scored_at (UTC), embedding (null unless the
+run asked for it: the FR embedding as little-endian float16 bytes, Iceberg having no float16).
+Partitioned by dataset and model_id, so one model's view of one dataset is one partition.
+
+Exactly once: a scoring run commits groups of whole shards, one snapshot each. A shard is
+committed when the table holds any row of it for that (dataset, model_id): its rows only
+ever arrive together in one snapshot. That is asked of the data itself, not of a side file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
+from pyiceberg.expressions import And, EqualTo
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+from pyiceberg.transforms import IdentityTransform
+from pyiceberg.types import (
+    BinaryType,
+    FloatType,
+    IntegerType,
+    NestedField,
+    StringType,
+    TimestamptzType,
+)
+
+COLUMNS = (
+    ("dataset", StringType(), pa.string()),
+    ("image_id", StringType(), pa.string()),
+    ("shard", StringType(), pa.string()),
+    ("identity", StringType(), pa.string()),
+    ("status", StringType(), pa.string()),
+    ("error", StringType(), pa.string()),
+    ("quality", FloatType(), pa.float32()),
+    ("width", IntegerType(), pa.int32()),
+    ("height", IntegerType(), pa.int32()),
+    ("model_id", StringType(), pa.string()),
+    ("run_id", StringType(), pa.string()),
+    ("scored_at", TimestamptzType(), pa.timestamp("us", tz="UTC")),
+    ("embedding", BinaryType(), pa.binary()),
+)
+ICEBERG_SCHEMA = Schema(
+    *(NestedField(i, name, kind, required=False) for i, (name, kind, _) in enumerate(COLUMNS, 1))
+)
+ARROW_SCHEMA = pa.schema([(name, kind) for name, _, kind in COLUMNS])
+PARTITION_SPEC = PartitionSpec(
+    PartitionField(source_id=1, field_id=1000, transform=IdentityTransform(), name="dataset"),
+    PartitionField(source_id=10, field_id=1001, transform=IdentityTransform(), name="model_id"),
+)
+DEFAULT_TABLE = "fiqa.manifest"
+
+
+def open_table(catalog: Catalog, name: str = DEFAULT_TABLE) -> Table:
+    """The manifest table `namespace.table`, created (with its namespace) if missing."""
+    namespace, _, table = name.rpartition(".")
+    if not namespace or not table:
+        raise ValueError(f"table name {name!r} must be 'namespace.table'")
+    try:
+        return catalog.load_table(name)
+    except NoSuchTableError:
+        pass
+    with contextlib.suppress(NamespaceAlreadyExistsError):
+        catalog.create_namespace(namespace)
+    return catalog.create_table_if_not_exists(
+        name, schema=ICEBERG_SCHEMA, partition_spec=PARTITION_SPEC
+    )
+
+
+def committed_shards(table: Table, dataset: str, model_id: str) -> set[str]:
+    """Shards of `dataset` whose rows for `model_id` are in the table's current snapshot."""
+    if table.current_snapshot() is None:
+        return set()
+    rows = table.scan(
+        row_filter=And(EqualTo("dataset", dataset), EqualTo("model_id", model_id)),
+        selected_fields=("shard",),
+    ).to_arrow()
+    return set(pc.unique(rows["shard"]).to_pylist())
+
+
+def embedding_bytes(embeddings: np.ndarray) -> list[bytes]:
+    """Rows of float32 embeddings as little-endian float16 bytes."""
+    half = np.ascontiguousarray(embeddings, dtype="<f2")
+    return [row.tobytes() for row in half]
+
+
+def embedding_array(values: list[bytes]) -> np.ndarray:
+    """The inverse of `embedding_bytes`: (N, dim) float16."""
+    return np.stack([np.frombuffer(v, dtype="<f2") for v in values])

@@ -1,0 +1,592 @@
+"""Fitting ViT-FIQA with Ray Train on sharded data (docs/training.md).
+
+The driver (`fit`) lists the data once (identity and status columns only), maps identities to
+class indices (sorted identity strings -> 0..C-1), splits off a held-out fraction of images by
+a hash of their id, and hands three Ray datasets to a `TorchTrainer`: `train` (split across
+workers), `holdout` and `eval` (read whole by rank 0 for the per-epoch metrics). Decoding runs
+in Ray Data CPU tasks; augmentation runs in torch inside the loop, on the batch's device.
+Every epoch (and every N steps) each worker reports a checkpoint: rank 0 the model, loss head,
+optimiser, scheduler, step and history; every rank its own RNG state. A rerun with the same
+run name, or a restart after a worker failure, continues from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+import time
+import zlib
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+from torch import nn
+
+from models.artifact import load_artifact, save_artifact
+from models.losses import ClassReduce, FIQALoss, LossParts, certainty_ratio, true_cosine
+from models.presets import get_preset
+from models.vit_fiqa import ViTFIQA
+from pipeline.augment import augment
+from pipeline.datasource import read_samples
+from pipeline.decode import OK, DecodeOptions, decode_batch, to_model_input
+from pipeline.formats import get_format
+from pipeline.storage import StorageOptions, arrow_filesystem, filesystem, parse_uri
+from pipeline.verification import spearman, verification
+
+log = logging.getLogger(__name__)
+
+IDENTITIES_FILE = "identities.json"
+STATE_FILE = "state.pt"
+HISTORY_FILE = "history.json"
+# Test-only fault injection (docs/training.md): rank 0 calls os._exit(1) once at this step;
+# the marker file records that it happened, so the restarted run goes on.
+FAULT_STEP_ENV = "FIQA_TRAIN_FAULT_AT_STEP"
+FAULT_MARKER_ENV = "FIQA_TRAIN_FAULT_MARKER"
+FAULT_DELAY_S = 5.0
+
+
+class TrainingError(RuntimeError):
+    """A training run that cannot start (no data) or did not finish."""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    format: str
+    uris: tuple[str, ...]
+    storage: StorageOptions | None = None
+    format_options: dict = field(default_factory=dict)
+
+    def read(self, shuffle_seed: int | None = None) -> ray.data.Dataset:
+        """All samples; with a seed, the shards (so the read tasks) in a shuffled order, which
+        mixes identities across blocks without materialising the dataset."""
+        datasets = []
+        fmt = get_format(self.format, **self.format_options)
+        for uri in self.uris:
+            fs, root = filesystem(uri, self.storage)
+            shards = fmt.list_shards(fs, root)
+            if shuffle_seed is not None:
+                random.Random(shuffle_seed).shuffle(shards)
+            datasets.append(
+                read_samples(
+                    self.format,
+                    uri,
+                    storage=self.storage,
+                    format_options=self.format_options,
+                    shards=shards,
+                )
+            )
+        return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Everything a run needs; built from `jobs.train.TrainConfig`."""
+
+    train: DataSpec
+    out: str
+    eval: DataSpec | None = None
+    holdout_fraction: float = 0.02
+    preset: str = "vit-fiqa-cpu"
+    mode: str = "token"
+    init_from: str | None = None
+    loss: str = "cosface"
+    alpha: float = 10.0
+    epochs: int = 20
+    batch_size: int = 1024
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 2.0
+    clip_grad_norm: float = 5.0
+    augmentations: tuple[str, ...] = ()
+    shuffle_buffer: int = 4096
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    storage_path: str = "runs"
+    run_name: str = "fiqa-train"
+    checkpoint_every_steps: int | None = None
+    keep_checkpoints: int = 3
+    max_failures: int = 2
+    seed: int = 0
+    storage: StorageOptions | None = None  # for storage_path, out and init_from
+
+
+# ---------------------------------------------------------------- driver: data
+
+
+def is_holdout(image_id: str, fraction: float) -> bool:
+    """Stable membership of the held-out split: the same images on every run and worker."""
+    return zlib.crc32(image_id.encode()) % 10_000 < fraction * 10_000
+
+
+@dataclass
+class DataSummary:
+    identities: list[str]  # class index -> identity string
+    train_rows: int
+    holdout_rows: int
+    skipped: dict[str, int]  # status -> rows not used (read failures, no identity)
+
+
+def summarise(ds: ray.data.Dataset, holdout_fraction: float) -> DataSummary:
+    """One streaming pass over image_id, identity and status."""
+    identities: set[str] = set()
+    skipped: Counter[str] = Counter()
+    train_rows = holdout_rows = 0
+    columns = ds.select_columns(["image_id", "identity", "status"])
+    for batch in columns.iter_batches(batch_format="pyarrow", batch_size=65536):
+        for image_id, identity, status in zip(
+            *(batch.column(c).to_pylist() for c in ("image_id", "identity", "status")),
+            strict=True,
+        ):
+            if status != OK or identity is None:
+                skipped[status if status != OK else "no_identity"] += 1
+                continue
+            identities.add(identity)
+            if is_holdout(image_id, holdout_fraction):
+                holdout_rows += 1
+            else:
+                train_rows += 1
+    return DataSummary(sorted(identities), train_rows, holdout_rows, dict(skipped))
+
+
+def prepare_batch(
+    batch: dict[str, np.ndarray], classes: dict[str, int], options: DecodeOptions
+) -> dict[str, np.ndarray]:
+    """Ray Data UDF: decode, and keep only what the loop needs (pixels, label, ok)."""
+    decoded = decode_batch(batch, options)
+    labels = np.array([classes.get(i, -1) for i in batch["identity"]], dtype=np.int64)
+    ok = (decoded["status"] == OK) & (labels >= 0)
+    return {"pixels": decoded["pixels"], "label": labels, "ok": ok.astype(bool)}
+
+
+def labelled(
+    ds: ray.data.Dataset, classes: dict[str, int], holdout: bool | None, fraction: float
+) -> ray.data.Dataset:
+    """Rows of readable images (of the wanted split), decoded and labelled."""
+
+    def keep(row: dict) -> bool:
+        if row["status"] != OK or row["identity"] is None:
+            return False
+        return holdout is None or is_holdout(row["image_id"], fraction) == holdout
+
+    return ds.filter(keep).map_batches(
+        prepare_batch,
+        batch_format="numpy",
+        fn_kwargs={"classes": classes, "options": DecodeOptions()},
+    )
+
+
+# ---------------------------------------------------------------- worker: training
+
+
+class TrainingModule(nn.Module):
+    """The network and its loss head, one module so DDP syncs both."""
+
+    def __init__(self, model: ViTFIQA, criterion: FIQALoss):
+        super().__init__()
+        self.model, self.criterion = model, criterion
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> LossParts:
+        embedding, quality = self.model(x)
+        return self.criterion(embedding, quality, labels)
+
+
+def parameter_groups(module: TrainingModule, weight_decay: float) -> list[dict]:
+    """No decay for the model's `no_weight_decay()` (pos_embed, qs_token), norms and biases."""
+    skip = {f"model.{name}" for name in module.model.no_weight_decay()}
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        (no_decay if name in skip or p.ndim <= 1 else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up from 0 to 1 over warmup_steps, then linear decay to 0 at total_steps."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def build_model(spec: TrainSpec) -> ViTFIQA:
+    if spec.init_from:
+        fs, path = filesystem(spec.init_from, spec.storage)
+        return load_artifact(path, fs=fs).model.train()
+    torch.manual_seed(spec.seed)  # the same initial weights on every worker
+    return ViTFIQA(get_preset(spec.preset, mode=spec.mode))
+
+
+@torch.no_grad()
+def holdout_metrics(
+    module: TrainingModule, batches, device: torch.device, autocast
+) -> dict[str, float]:
+    """CR with the current centres (margin-free, eval mode) against predicted quality."""
+    qualities, crs = [], []
+    for batch in batches:
+        ok = batch["ok"]
+        if not ok.any():
+            continue
+        x = to_model_input(batch["pixels"][ok]).to(device)
+        labels = batch["label"][ok].to(device)
+        with autocast():
+            embedding, quality = module.model(x)
+        centres = module.criterion.centres
+        cos = centres.cosine(embedding.float())
+        owned, local = centres.local_target(labels)
+        reduce = ClassReduce()
+        cr = certainty_ratio(cos, true_cosine(cos, owned, local, reduce), owned, local, reduce)
+        qualities.append(quality.float().cpu())
+        crs.append(cr.cpu())
+    if not qualities:
+        return {}
+    q, cr = torch.cat(qualities).numpy(), torch.cat(crs).numpy()
+    return {
+        "holdout_spearman": spearman(q, cr),
+        "holdout_cr_mean": float(cr.mean()),
+        "holdout_cr_std": float(cr.std()),
+        "holdout_images": float(len(q)),
+    }
+
+
+@torch.no_grad()
+def eval_metrics(
+    module: TrainingModule, batches, device: torch.device, autocast, seed: int
+) -> dict[str, float]:
+    embeddings, labels = [], []
+    for batch in batches:
+        ok = batch["ok"]
+        if not ok.any():
+            continue
+        with autocast():
+            embedding, _ = module.model(to_model_input(batch["pixels"][ok]).to(device))
+        embeddings.append(embedding.float().cpu())
+        labels.append(batch["label"][ok])
+    if not embeddings:
+        return {}
+    return verification(torch.cat(embeddings), torch.cat(labels).numpy(), seed=seed)
+
+
+def save_checkpoint(
+    directory: str, rank: int, state: dict | None, history: list[dict], rng: dict
+) -> None:
+    torch.save(rng, os.path.join(directory, f"rng-{rank}.pt"))
+    if state is not None:
+        torch.save(state, os.path.join(directory, STATE_FILE))
+        with open(os.path.join(directory, HISTORY_FILE), "w") as f:
+            json.dump(history, f)
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Per-worker loop (Ray Train's train_loop_per_worker)."""
+    spec: TrainSpec = config["spec"]
+    steps_per_epoch: int = config["steps_per_epoch"]
+    fault: tuple[int, str] | None = config["fault"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+        if device.type == "cuda"
+        else contextlib.nullcontext
+    )
+
+    model = build_model(spec)
+    criterion = FIQALoss(
+        model.config.fr_dim, config["num_classes"], margin=spec.loss, alpha=spec.alpha
+    )
+    module = TrainingModule(model, criterion).to(device)
+    optimizer = torch.optim.AdamW(parameter_groups(module, spec.weight_decay), lr=spec.lr)
+    total_steps = spec.epochs * steps_per_epoch
+    warmup_steps = max(1, round(spec.warmup_epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup_steps, total_steps)
+    )
+    generator = torch.Generator(device=device)
+    generator.manual_seed(spec.seed * 1000 + rank)
+    torch.manual_seed(spec.seed * 1000 + rank)  # masking and drop-path differ per worker
+    step, history, resumed = 0, [], []
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as directory:
+            state = torch.load(os.path.join(directory, STATE_FILE), weights_only=True)
+            module.load_state_dict(state["module"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            step, history, resumed = state["step"], state["history"], state["resumed"]
+            rng_file = os.path.join(directory, f"rng-{rank}.pt")
+            if os.path.exists(rng_file):  # absent if the worker count changed
+                rng = torch.load(rng_file, weights_only=True)
+                torch.set_rng_state(rng["torch"])
+                generator.set_state(rng["augment"])
+        resumed = [*resumed, step]
+        if rank == 0:
+            print(f"resumed from step {step} (epoch {step // steps_per_epoch})", flush=True)
+
+    ddp = ray.train.torch.prepare_model(module, move_to_device=False)
+    per_worker_batch = spec.batch_size // world
+    train_shard = ray.train.get_dataset_shard("train")
+
+    def report(metrics: dict[str, Any]) -> None:
+        state = None
+        if rank == 0:
+            state = {
+                "module": module.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "step": step,
+                "history": history,
+                "resumed": resumed,
+            }
+        rng = {"torch": torch.get_rng_state(), "augment": generator.get_state()}
+        with tempfile.TemporaryDirectory() as directory:
+            save_checkpoint(directory, rank, state, history, rng)
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
+
+    while step < total_steps:
+        epoch = step // steps_per_epoch
+        module.train()
+        started, sums, images, skipped = time.perf_counter(), Counter(), 0, 0
+        batches = train_shard.iter_torch_batches(
+            batch_size=per_worker_batch,
+            drop_last=True,
+            local_shuffle_buffer_size=spec.shuffle_buffer,
+            local_shuffle_seed=spec.seed * 1000 + epoch * 10 + rank,
+        )
+        for batch in islice(batches, steps_per_epoch - step % steps_per_epoch):
+            ok = batch["ok"]
+            skipped += int((~ok).sum())
+            x = to_model_input(batch["pixels"][ok]).to(device, non_blocking=True)
+            x = augment(x, spec.augmentations, generator)
+            labels = batch["label"][ok].to(device)
+            with autocast():
+                parts = ddp(x, labels)
+            optimizer.zero_grad(set_to_none=True)
+            parts.total.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), spec.clip_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            images += len(labels)
+            for name, value in {**parts.scalars(), "grad_norm": grad_norm.item()}.items():
+                sums[name] += value
+            sums["steps"] += 1
+            if fault and rank == 0 and step == fault[0] and not os.path.exists(fault[1]):
+                open(fault[1], "w").close()
+                time.sleep(FAULT_DELAY_S)  # let the controller register earlier reports
+                os._exit(1)
+            every = spec.checkpoint_every_steps
+            if every and step % every == 0 and step % steps_per_epoch:
+                report({"step": step, "epoch": epoch, "mid_epoch": True})
+
+        metrics = epoch_metrics(sums, images, skipped, time.perf_counter() - started, world)
+        metrics.update(epoch=epoch + 1, step=step, lr=scheduler.get_last_lr()[0])
+        if rank == 0:
+            module.eval()
+            if "holdout" in config["evaluate"]:
+                batches = ray.train.get_dataset_shard("holdout").iter_torch_batches(batch_size=256)
+                metrics.update(holdout_metrics(module, batches, device, autocast))
+            if "eval" in config["evaluate"]:
+                batches = ray.train.get_dataset_shard("eval").iter_torch_batches(batch_size=256)
+                metrics.update(eval_metrics(module, batches, device, autocast, spec.seed))
+            history.append(metrics)
+            print(format_epoch(metrics, spec.epochs), flush=True)
+        report(metrics)
+
+
+def epoch_metrics(
+    sums: Counter, images: int, skipped: int, seconds: float, world: int
+) -> dict[str, float]:
+    """Per-step means of the loss parts, averaged over workers; images/s summed over them."""
+    steps = max(1, sums.pop("steps", 0))
+    names = sorted(sums)
+    local = torch.tensor([sums[n] / steps for n in names] + [images / seconds, skipped])
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(local)
+        local[: len(names)] /= world
+    values = local.tolist()
+    metrics = dict(zip(names, values[: len(names)], strict=True))
+    metrics.update(images_per_s=values[-2], skipped=values[-1])
+    return metrics
+
+
+def format_epoch(m: dict[str, float], epochs: int) -> str:
+    line = (
+        f"epoch {m['epoch']}/{epochs} step {m['step']}: loss {m.get('loss', math.nan):.3f} "
+        f"(ce {m.get('ce', math.nan):.3f}, quality {m.get('quality_loss', math.nan):.3f}) "
+        f"acc {m.get('accuracy', math.nan):.3f} cr {m.get('cr_mean', math.nan):.3f}"
+        f"+-{m.get('cr_std', math.nan):.3f} lr {m['lr']:.2e} {m['images_per_s']:.0f} img/s"
+    )
+    if "holdout_spearman" in m:
+        line += f" | holdout spearman {m['holdout_spearman']:.3f}"
+    if "verification_accuracy" in m:
+        line += (
+            f" | verification acc {m['verification_accuracy']:.3f} "
+            f"TAR@FMR1e-3 {m['tar_at_fmr']:.3f}"
+        )
+    return line
+
+
+# ---------------------------------------------------------------- driver: the run
+
+
+@dataclass
+class TrainResult:
+    model_id: str
+    out: str
+    run_path: str
+    summary: dict
+
+
+def fault_injection() -> tuple[int, str] | None:
+    step = os.environ.get(FAULT_STEP_ENV)
+    if not step:
+        return None
+    marker = os.environ.get(FAULT_MARKER_ENV)
+    if not marker:
+        raise TrainingError(f"{FAULT_STEP_ENV} needs {FAULT_MARKER_ENV} (a marker file path)")
+    return int(step), marker
+
+
+def run_config(spec: TrainSpec) -> RunConfig:
+    location = parse_uri(spec.storage_path)
+    storage_fs = None
+    if location.protocol != "file":
+        storage_fs, _ = arrow_filesystem(spec.storage_path, spec.storage)
+    return RunConfig(
+        name=spec.run_name,
+        storage_path=location.path,
+        storage_filesystem=storage_fs,
+        failure_config=FailureConfig(max_failures=spec.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=spec.keep_checkpoints),
+    )
+
+
+def fit(spec: TrainSpec) -> TrainResult:
+    """Run (or resume) training and write the artifact to `spec.out`."""
+    started = time.time()
+    check_init(spec)
+    train_ds = spec.train.read(shuffle_seed=spec.seed)
+    data = summarise(train_ds, spec.holdout_fraction)
+    if not data.identities:
+        raise TrainingError(f"{', '.join(spec.train.uris)}: no readable labelled images")
+    steps_per_epoch = (data.train_rows // spec.num_workers) // (spec.batch_size // spec.num_workers)
+    if steps_per_epoch == 0:
+        raise TrainingError(
+            f"{data.train_rows} training images are fewer than one global batch of "
+            f"{spec.batch_size}: lower --batch-size"
+        )
+    classes = {identity: i for i, identity in enumerate(data.identities)}
+    log.info(
+        "%d identities, %d training and %d held-out images, %d steps per epoch, skipped %s",
+        len(classes),
+        data.train_rows,
+        data.holdout_rows,
+        steps_per_epoch,
+        data.skipped or "none",
+    )
+    datasets = {"train": labelled(train_ds, classes, False, spec.holdout_fraction)}
+    if data.holdout_rows:
+        datasets["holdout"] = labelled(train_ds, classes, True, spec.holdout_fraction)
+    eval_identities: list[str] = []
+    if spec.eval:
+        eval_ds = spec.eval.read()
+        eval_identities = summarise(eval_ds, 0.0).identities
+        eval_classes = {identity: i for i, identity in enumerate(eval_identities)}
+        datasets["eval"] = labelled(eval_ds, eval_classes, None, 0.0)
+
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={
+            "spec": spec,
+            "steps_per_epoch": steps_per_epoch,
+            "num_classes": len(classes),
+            "fault": fault_injection(),
+            "evaluate": sorted(set(datasets) - {"train"}),
+        },
+        scaling_config=ScalingConfig(
+            num_workers=spec.num_workers,
+            use_gpu=spec.use_gpu,
+            resources_per_worker={
+                "CPU": spec.cpus_per_worker,
+                **({"GPU": 1} if spec.use_gpu else {}),
+            },
+        ),
+        torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo"),
+        run_config=run_config(spec),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        raise TrainingError(
+            f"training run {spec.run_name} failed (rerun with the same run name to resume "
+            f"from its last checkpoint): {e}"
+        ) from e
+    with result.checkpoint.as_directory() as directory:
+        state = torch.load(os.path.join(directory, STATE_FILE), weights_only=True)
+    model = build_model(spec)
+    model.load_state_dict(
+        {k.removeprefix("model."): v for k, v in state["module"].items() if k.startswith("model.")}
+    )
+    summary = {
+        "trained": {
+            "spec": spec_summary(spec),
+            "classes": len(classes),
+            "identities_file": IDENTITIES_FILE,
+            "train_images": data.train_rows,
+            "holdout_images": data.holdout_rows,
+            "skipped_at_read": data.skipped,
+            "eval_identities": len(eval_identities),
+            "steps": state["step"],
+            "steps_per_epoch": steps_per_epoch,
+            "resumed_from_steps": state["resumed"],
+            "epochs": state["history"],
+            "wall_seconds": time.time() - started,
+            "run_path": result.path,
+        }
+    }
+    fs, out = filesystem(spec.out, spec.storage)
+    model_id = save_artifact(model.eval(), out, preset=spec.preset, training=summary, fs=fs)
+    with fs.open(f"{out.rstrip('/')}/{IDENTITIES_FILE}", "wb") as f:
+        f.write(json.dumps(data.identities).encode())
+    return TrainResult(model_id, parse_uri(spec.out).uri, result.path, summary)
+
+
+def check_init(spec: TrainSpec) -> None:
+    """An initial artifact must have the architecture the run asks for."""
+    if not spec.init_from:
+        return
+    fs, path = filesystem(spec.init_from, spec.storage)
+    artifact = load_artifact(path, fs=fs)
+    if artifact.model.config != get_preset(spec.preset, mode=spec.mode):
+        raise TrainingError(
+            f"init_from {spec.init_from}: its architecture ({artifact.preset}, "
+            f"{artifact.model.config.mode} mode) is not {spec.preset} in {spec.mode} mode"
+        )
+
+
+def spec_summary(spec: TrainSpec) -> dict:
+    """The spec as JSON, without storage options (they may carry credentials)."""
+    out = asdict(spec)
+    out.pop("storage")
+    for name in ("train", "eval"):
+        if out[name]:
+            out[name].pop("storage")
+    return out

@@ -1,0 +1,131 @@
+import itertools
+import json
+
+import pytest
+
+from models.artifact import load_artifact
+from models.losses import FIQALoss
+from models.vit_fiqa import create_model
+from pipeline.formats import get_format
+from pipeline.storage import filesystem
+from pipeline.synthetic_dataset import SynthSpec, write_synthetic
+from pipeline.training import (
+    FAULT_MARKER_ENV,
+    FAULT_STEP_ENV,
+    DataSpec,
+    TrainingError,
+    TrainingModule,
+    TrainSpec,
+    fit,
+    is_holdout,
+    lr_factor,
+    parameter_groups,
+)
+
+
+def test_lr_warms_up_linearly_then_decays_to_zero():
+    factors = [lr_factor(s, 4, 12) for s in range(12)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors[4] == 1.0 and factors[-1] == pytest.approx(1 / 8)
+    assert all(a > b for a, b in itertools.pairwise(factors[4:]))
+    assert lr_factor(12, 4, 12) == 0.0
+
+
+def test_no_weight_decay_for_tokens_norms_and_biases():
+    model = create_model("vit-fiqa-micro")
+    module = TrainingModule(model, FIQALoss(32, 5))
+    decay, no_decay = parameter_groups(module, 0.05)
+    names = {id(p): n for n, p in module.named_parameters()}
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert {"model.pos_embed", "model.qs_token", "model.norm.weight"} <= skipped
+    assert "model.blocks.0.mlp.fc1.bias" in skipped
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert {"model.blocks.0.attn.qkv.weight", "criterion.centres.weight"} <= decayed
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+
+
+def test_holdout_membership_is_stable_and_near_the_fraction():
+    ids = [f"shard/{i}" for i in range(5000)]
+    held = [i for i in ids if is_holdout(i, 0.1)]
+    assert held == [i for i in ids if is_holdout(i, 0.1)]
+    assert 400 < len(held) < 600
+    assert not any(is_holdout(i, 0.0) for i in ids)
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory) -> str:
+    root = str(tmp_path_factory.mktemp("faces"))
+    fs, path = filesystem(root)
+    write_synthetic(SynthSpec(6, 8), get_format("wds"), fs, path, shard_size=16, workers=1)
+    return root
+
+
+def spec(faces: str, tmp_path, **overrides) -> TrainSpec:
+    values = dict(
+        train=DataSpec("wds", (faces,)),
+        out=str(tmp_path / "model"),
+        holdout_fraction=0.0,
+        preset="vit-fiqa-micro",
+        epochs=1,
+        batch_size=8,
+        warmup_epochs=0.5,
+        augmentations=("flip", "blur"),
+        num_workers=2,
+        cpus_per_worker=0.5,
+        storage_path=str(tmp_path / "runs"),
+        run_name="run",
+        checkpoint_every_steps=2,
+        max_failures=0,
+    )
+    return TrainSpec(**{**values, **overrides})
+
+
+def summary(out: str) -> dict:
+    return load_artifact(out).training["trained"]
+
+
+@pytest.mark.slow
+def test_a_stopped_run_resumes_from_its_checkpoint(ray_local, faces, tmp_path, monkeypatch):
+    # 48 images / 2 workers / 4 per worker: 6 steps; checkpoints at steps 2 and 4.
+    monkeypatch.setenv(FAULT_STEP_ENV, "3")
+    monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "fault"))
+    with pytest.raises(TrainingError, match="rerun with the same run name"):
+        fit(spec(faces, tmp_path))  # the worker dies at step 3; no retries allowed
+    assert (tmp_path / "fault").exists()
+    assert not (tmp_path / "model").exists()
+    monkeypatch.delenv(FAULT_STEP_ENV)
+    result = fit(spec(faces, tmp_path))  # same run name: resumes
+    trained = summary(result.out)
+    assert trained["resumed_from_steps"] == [2]
+    assert trained["steps"] == trained["steps_per_epoch"] == 6
+    assert [e["epoch"] for e in trained["epochs"]] == [1]
+    identities = json.loads((tmp_path / "model" / "identities.json").read_text())
+    assert identities == sorted(identities) and len(identities) == trained["classes"] == 6
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_restarted_from_the_last_checkpoint(
+    ray_local, faces, tmp_path, monkeypatch
+):
+    monkeypatch.setenv(FAULT_STEP_ENV, "5")
+    monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "fault"))
+    result = fit(spec(faces, tmp_path, max_failures=1, epochs=2, warmup_epochs=1))
+    assert (tmp_path / "fault").exists()
+    trained = summary(result.out)
+    assert trained["resumed_from_steps"] == [4]
+    assert trained["steps"] == 12
+    assert [e["epoch"] for e in trained["epochs"]] == [1, 2]
+    assert all(e["skipped"] == 0 for e in trained["epochs"])
+
+
+def test_too_few_images_for_one_batch_is_an_error(ray_local, faces, tmp_path):
+    with pytest.raises(TrainingError, match="fewer than one global batch"):
+        fit(spec(faces, tmp_path, batch_size=1024))
+
+
+def test_init_from_an_artifact_of_another_architecture_is_refused(faces, tmp_path):
+    from models.artifact import save_artifact
+
+    save_artifact(create_model("vit-fiqa-micro", mode="crfiqa"), str(tmp_path / "a"), preset=None)
+    with pytest.raises(TrainingError, match="crfiqa mode"):
+        fit(spec(faces, tmp_path, init_from=str(tmp_path / "a")))
