@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from pipeline.formats import FormatName
 from pipeline.storage import StorageOptions
 
 
@@ -43,7 +44,7 @@ class DataConfig(StorageConfig):
     """A dataset to read: URI and format."""
 
     data: str = Field(description="dataset URI: a local path, file://, s3:// or memory://")
-    format: Literal["wds", "rec", "folder", "parquet"] = Field(description="dataset format")
+    format: FormatName = Field(description="dataset format")
     format_options: dict[str, Any] = Field(
         {},
         description="format settings (YAML only), e.g. parquet column names",

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from jobs.config import StorageConfig, register_verb
 from pipeline import synth
-from pipeline.formats import get_format
+from pipeline.formats import FormatName, get_format
 from pipeline.storage import filesystem, parse_uri
 from pipeline.synthetic_dataset import SynthSpec, write_synthetic
 
@@ -20,7 +20,7 @@ GALLERY_MAX = 12
 class SynthConfig(StorageConfig):
     identities: int = Field(100, gt=0, description="number of identities")
     per_identity: int = Field(20, gt=0, description="images per identity")
-    format: Literal["wds", "rec", "folder", "parquet"] = Field("wds", description="format")
+    format: FormatName = Field("wds", description="format")
     out: str | None = Field(None, description="dataset URI to write")
     seed: int = Field(0, description="same seed and arguments give identical bytes")
     split: Literal["train", "eval"] = Field(

@@ -11,23 +11,24 @@ from pydantic import Field, field_validator, model_validator
 from jobs.config import PresetName, StorageConfig, register_verb
 from models.presets import Mode
 from pipeline.augment import AUGMENTATIONS, check_augmentations
+from pipeline.formats import FormatName
 from pipeline.training import DataSpec, TrainSpec, fit
 
 log = logging.getLogger(__name__)
 
-Format = Literal["wds", "rec", "folder", "parquet"]
-
 
 class TrainConfig(StorageConfig):
     data: list[str] = Field(min_length=1, description="training dataset URI(s), one format")
-    format: Format = Field(description="format of the training data")
+    format: FormatName = Field(description="format of the training data")
     format_options: dict[str, Any] = Field(
         {}, description="format settings (YAML only)", json_schema_extra={"cli": False}
     )
     eval_data: str | None = Field(
         None, description="held-out identities for verification metrics each epoch"
     )
-    eval_format: Format | None = Field(None, description="format of eval_data (default: format)")
+    eval_format: FormatName | None = Field(
+        None, description="format of eval_data (default: format)"
+    )
     holdout_fraction: float = Field(
         0.02, ge=0, lt=0.5, description="training images held out for the CR Spearman"
     )

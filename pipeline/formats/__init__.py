@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from pipeline.formats.base import DatasetFormat
 from pipeline.formats.folder import FolderFormat
 from pipeline.formats.parquet import ParquetFormat
@@ -11,6 +13,9 @@ from pipeline.formats.wds import WdsFormat
 FORMATS: dict[str, type[DatasetFormat]] = {
     f.name: f for f in (WdsFormat, RecFormat, FolderFormat, ParquetFormat)
 }
+# The same names as a type, for configuration fields.
+FormatName = Literal["wds", "rec", "folder", "parquet"]
+assert set(get_args(FormatName)) == set(FORMATS)
 
 
 def get_format(name: str, **options) -> DatasetFormat:
