@@ -19,7 +19,7 @@ from pipeline.storage import StorageOptions
 
 
 def fiqa_home() -> Path:
-    return Path(os.environ.get("FIQA_HOME") or Path.home() / ".fiqa").expanduser()
+    return Path(os.environ.get("FIQA_HOME") or Path.home() / ".fiqa").expanduser().absolute()
 
 
 class CatalogConfig(BaseModel):

@@ -120,3 +120,13 @@ def test_a_new_shard_is_the_only_thing_scored(ray_local, home):
     assert summary.shards_scored == ["part-000009.parquet"] and summary.images == 5
     rows = manifest()
     assert rows.num_rows == len(set(rows["image_id"].to_pylist())) == 25
+
+
+def test_a_relative_fiqa_home_is_taken_from_the_working_directory(tmp_path, monkeypatch):
+    from pipeline.catalog import CatalogConfig
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FIQA_HOME", "relative/home")
+    props = CatalogConfig().resolved()
+    assert props["uri"] == f"sqlite:///{tmp_path}/relative/home/catalog.db"
+    assert props["warehouse"] == (tmp_path / "relative/home/warehouse").as_uri()
