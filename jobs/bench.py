@@ -48,6 +48,24 @@ def run_synth(config: BenchSynthConfig) -> None:
     print(json.dumps(bench_synth(seconds=config.seconds)))
 
 
+class BenchQueryConfig(JobConfig):
+    rows: int = Field(10_000_000, gt=0, description="manifest rows to generate and query")
+    datasets: int = Field(4, gt=0, description="datasets the rows are spread over")
+    repeats: int = Field(5, gt=0, description="timed runs per variant (the median is kept)")
+
+
+def run_query(config: BenchQueryConfig) -> None:
+    import tempfile
+
+    from pipeline.benchmark import bench_query
+
+    with tempfile.TemporaryDirectory() as workdir:
+        result = bench_query(
+            config.rows, workdir=workdir, datasets=config.datasets, repeats=config.repeats
+        )
+    print(json.dumps(result))
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "bench",
@@ -94,6 +112,14 @@ def register(subparsers) -> None:
         run_train,
         summary="training images/s through Ray Train (1, 2 workers) vs a bare loop",
         example="fiqa bench train --data /tmp/faces --batch-size 64",
+    )
+    register_verb(
+        what,
+        "query",
+        BenchQueryConfig,
+        run_query,
+        summary="a quantile query over a generated manifest vs bare DuckDB on its files",
+        example="fiqa bench query --rows 10000000",
     )
 
 

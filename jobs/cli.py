@@ -8,11 +8,16 @@ import sys
 
 from jobs import (
     bench,
+    eval,
+    export,
     export_onnx,
+    filter,
     import_weights,
     index,
     init_model,
     inspect,
+    query,
+    report,
     score,
     synth,
     train,
@@ -20,10 +25,30 @@ from jobs import (
 from jobs.config import ConfigError
 from models.artifact import ArtifactError
 from models.weights import WeightsError
+from pipeline.export import ExportError
+from pipeline.policy import PolicyError
+from pipeline.query import QueryError
+from pipeline.report import ReportError
+from pipeline.selection import SelectionError
 from pipeline.storage import StorageError
 from pipeline.training import TrainingError
 
-VERBS = (synth, index, inspect, score, init_model, import_weights, export_onnx, train, bench)
+VERBS = (
+    synth,
+    index,
+    inspect,
+    score,
+    eval,
+    filter,
+    export,
+    query,
+    report,
+    init_model,
+    import_weights,
+    export_onnx,
+    train,
+    bench,
+)
 # Errors that are the input's fault: reported in one line, without a traceback.
 USER_ERRORS = (
     ConfigError,
@@ -31,6 +56,11 @@ USER_ERRORS = (
     WeightsError,
     StorageError,
     TrainingError,
+    ExportError,
+    PolicyError,
+    QueryError,
+    ReportError,
+    SelectionError,
     FileNotFoundError,
 )
 

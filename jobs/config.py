@@ -17,7 +17,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from pipeline.catalog import CatalogConfig
 from pipeline.formats import FormatName
+from pipeline.manifest import DEFAULT_TABLE
 from pipeline.storage import StorageOptions
 
 
@@ -38,6 +40,23 @@ class StorageConfig(JobConfig):
     def storage(self) -> StorageOptions:
         """Resolved on the driver: Ray workers get the driver's endpoint and credentials."""
         return StorageOptions(endpoint_url=self.endpoint_url, region=self.region).with_environment()
+
+
+class TableConfig(StorageConfig):
+    """A job on a manifest table: its name and the Iceberg catalog holding it."""
+
+    table: str = Field(DEFAULT_TABLE, description="manifest table, namespace.table")
+    catalog: CatalogConfig = Field(
+        CatalogConfig(), description="Iceberg catalog (YAML only)", json_schema_extra={"cli": False}
+    )
+
+
+class JsonSummary(JobConfig):
+    json_output: bool = Field(
+        False,
+        description="print the summary as one JSON line last",
+        json_schema_extra={"flag": "--json"},
+    )
 
 
 class DataConfig(StorageConfig):

@@ -7,16 +7,11 @@ import json
 import ray
 from pydantic import Field
 
-from jobs.config import DataConfig, register_verb
+from jobs.config import DataConfig, JsonSummary, register_verb
 from pipeline.inspection import inspect_dataset
 
 
-class InspectConfig(DataConfig):
-    json_output: bool = Field(
-        False,
-        description="print the summary as one JSON line last",
-        json_schema_extra={"flag": "--json"},
-    )
+class InspectConfig(DataConfig, JsonSummary):
     show: int = Field(0, ge=0, description="also list the first N rows")
 
 

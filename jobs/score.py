@@ -8,18 +8,15 @@ import posixpath
 
 from pydantic import Field, field_validator
 
-from jobs.config import DataConfig, register_verb
-from pipeline.catalog import CatalogConfig
-from pipeline.manifest import DEFAULT_TABLE
+from jobs.config import DataConfig, JsonSummary, TableConfig, register_verb
 from pipeline.scoring import ScoringPlan, score
 from pipeline.storage import parse_uri
 
 log = logging.getLogger(__name__)
 
 
-class ScoreConfig(DataConfig):
+class ScoreConfig(DataConfig, TableConfig, JsonSummary):
     model: str = Field(description="model artifact URI")
-    table: str = Field(DEFAULT_TABLE, description="manifest table, namespace.table")
     dataset: str | None = Field(
         None, description="dataset name in the manifest (default: the last part of --data)"
     )
@@ -31,14 +28,6 @@ class ScoreConfig(DataConfig):
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per scorer actor")
     threads_per_actor: int | None = Field(None, ge=1, description="torch threads per CPU actor")
     commit_every: int = Field(16, gt=0, description="shards per commit (one snapshot each)")
-    catalog: CatalogConfig = Field(
-        CatalogConfig(), description="Iceberg catalog (YAML only)", json_schema_extra={"cli": False}
-    )
-    json_output: bool = Field(
-        False,
-        description="print the summary as one JSON line last",
-        json_schema_extra={"flag": "--json"},
-    )
 
     @field_validator("actors")
     @classmethod

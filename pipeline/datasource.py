@@ -4,11 +4,12 @@ Shards are listed on the driver (files, never images); each read task opens its 
 filesystem from the URI and storage options, streams the shard's sample rows and emits them
 in Arrow blocks of `rows_per_block`. A shard that breaks part-way (`ShardError`) adds one
 `read_error` row whose image_id is the shard key, so the failure is recorded, not raised.
+`fetch_images` reads a handful of known images on the driver (report thumbnails).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 
 import pyarrow as pa
 import ray
@@ -16,7 +17,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from pipeline.formats import get_format
-from pipeline.formats.base import SAMPLE_SCHEMA, Shard, ShardError, read_error
+from pipeline.formats.base import OK, SAMPLE_SCHEMA, Shard, ShardError, read_error
 from pipeline.storage import StorageOptions, filesystem
 
 
@@ -30,6 +31,36 @@ def shard_rows(
         yield from fmt.read_shard(fs, root, shard)
     except ShardError as e:
         yield read_error(shard.key, shard.key, None, f"shard error: {e.reason}")
+
+
+def fetch_images(
+    format_name: str,
+    format_options: dict,
+    uri: str,
+    storage: StorageOptions | None,
+    wanted: Mapping[str, Collection[str]],
+) -> dict[str, bytes]:
+    """Encoded bytes of a few images, `wanted` as shard key -> image_ids: only their shards
+    are read, each until its wanted images have come by. An image that cannot be read (a
+    `read_error` row, a shard that breaks or has gone) is left out of the result."""
+    fmt = get_format(format_name, **format_options)
+    fs, root = filesystem(uri, storage)
+    found: dict[str, bytes] = {}
+    for shard in fmt.list_shards(fs, root):
+        missing = set(wanted.get(shard.key, ()))
+        if not missing:
+            continue
+        try:
+            for row in fmt.read_shard(fs, root, shard):
+                if row["image_id"] in missing:
+                    if row["status"] == OK:
+                        found[row["image_id"]] = row["image"]
+                    missing.discard(row["image_id"])
+                    if not missing:
+                        break
+        except (ShardError, OSError):  # what it yielded before breaking is kept
+            continue
+    return found
 
 
 def blocks(rows: Iterator[dict], rows_per_block: int) -> Iterator[pa.Table]:

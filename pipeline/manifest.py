@@ -13,6 +13,8 @@ ever arrive together in one snapshot. That is asked of the data itself, not of a
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +34,8 @@ from pyiceberg.types import (
     StringType,
     TimestamptzType,
 )
+
+from pipeline.storage import parse_uri
 
 COLUMNS = (
     ("dataset", StringType(), pa.string()),
@@ -84,6 +88,25 @@ def committed_shards(table: Table, dataset: str, model_id: str) -> set[str]:
         selected_fields=("shard",),
     ).to_arrow()
     return set(pc.unique(rows["shard"]).to_pylist())
+
+
+def dataset_source(data: str, format: str, format_options: dict) -> dict:
+    """What a scoring snapshot records of where its images are (`fiqa.source`); a local path
+    is made absolute so that later jobs find it from any working directory."""
+    if parse_uri(data).protocol == "file" and "://" not in data:
+        data = os.path.abspath(data)
+    return {"data": data, "format": format, "format_options": format_options}
+
+
+def dataset_sources(table: Table) -> dict[str, dict]:
+    """Each dataset's newest recorded source, from the scoring snapshots' summaries."""
+    sources: dict[str, dict] = {}
+    for snapshot in sorted(table.snapshots(), key=lambda s: s.timestamp_ms, reverse=True):
+        summary = snapshot.summary
+        dataset, source = summary.get("fiqa.dataset"), summary.get("fiqa.source")
+        if dataset and source and dataset not in sources:
+            sources[dataset] = json.loads(source)
+    return sources
 
 
 def embedding_bytes(embeddings: np.ndarray) -> list[bytes]:

@@ -31,7 +31,13 @@ from pipeline.datasource import read_samples
 from pipeline.decode import OK, DecodeOptions, decode_batch, to_model_input
 from pipeline.formats import get_format
 from pipeline.formats.base import Shard
-from pipeline.manifest import ARROW_SCHEMA, committed_shards, embedding_bytes, open_table
+from pipeline.manifest import (
+    ARROW_SCHEMA,
+    committed_shards,
+    dataset_source,
+    embedding_bytes,
+    open_table,
+)
 from pipeline.storage import StorageError, StorageOptions, filesystem
 
 log = logging.getLogger(__name__)
@@ -238,6 +244,7 @@ def score(plan: ScoringPlan, on_commit: Callable[[str], None] = print) -> Scorin
         f"{plan.dataset}: {len(shards)} shards, {summary.shards_skipped} already in "
         f"{plan.table} for model {model_id}, {len(todo)} to score"
     )
+    source = dataset_source(plan.data, plan.format, plan.format_options)
     statuses: Counter[str] = Counter()
     groups = [todo[i : i + plan.commit_every] for i in range(0, len(todo), plan.commit_every)]
     for number, group in enumerate(groups, 1):
@@ -251,6 +258,7 @@ def score(plan: ScoringPlan, on_commit: Callable[[str], None] = print) -> Scorin
                 "fiqa.run_id": summary.run_id,
                 "fiqa.model_id": model_id,
                 "fiqa.dataset": plan.dataset,
+                "fiqa.source": json.dumps(source, sort_keys=True),
                 "fiqa.shards": json.dumps(keys),
                 "fiqa.statuses": json.dumps(counts, sort_keys=True),
             },

@@ -129,3 +129,12 @@ def identity_renderer(spec: SynthSpec, workers: int) -> Iterator[Iterable[list]]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         yield pool.map(functools.partial(render_identity, spec), indices, chunksize=4)
+
+
+def read_severities(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, float] | None:
+    """image_id -> degradation severity of a synthetic dataset; None for any other dataset."""
+    path = posixpath.join(root, METADATA_FILE)
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as f:
+        return {m["image_id"]: float(m["severity"]) for m in map(json.loads, f)}

@@ -15,7 +15,9 @@ identities had names, `identities.tsv` (class index TAB name) keeps them.
 
 A sample's image_id is `train.rec#<key>`; its identity is the name from identities.tsv, or the
 class index as a string. Shards are ranges of image keys read by random access through the
-index; a `.rec` without `.idx` is one shard, scanned sequentially.
+index; a `.rec` without `.idx` is one shard, scanned sequentially. The `rec_file` option reads
+the records from another `.rec` than `<root>/train.rec`: an index written by `fiqa export
+--to rec-idx` lists a subset of an existing file's records.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from pipeline.formats.base import (
     read_error,
     sample,
 )
+from pipeline.storage import parse_uri
 
 REC, IDX, PROPERTY, NAMES = "train.rec", "train.idx", "property", "identities.tsv"
 IMAGE_SIZE = (112, 112)  # what `property` announces: insightface's aligned crop size
@@ -246,6 +249,12 @@ def read_index(fs: fsspec.AbstractFileSystem, path: str) -> dict[int, int]:
     return dict(zip(index.keys.tolist(), index.offsets.tolist(), strict=True))
 
 
+def read_index_arrays(fs: fsspec.AbstractFileSystem, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, offsets) of a `.idx` file, sorted by key: `read_index` without a dict per record."""
+    index = _parse_index(fs, path)
+    return index.keys, index.offsets
+
+
 def _parse_index(fs: fsspec.AbstractFileSystem, path: str) -> _Index:
     # Compact arrays: a Glint360K index has 17M lines, far too many for a dict per worker.
     keys, offsets = array("q"), array("q")
@@ -268,7 +277,8 @@ def _parse_index(fs: fsspec.AbstractFileSystem, path: str) -> _Index:
     return _Index(k[last], o[last], np.unique(o))
 
 
-def _read_names(fs: fsspec.AbstractFileSystem, path: str) -> dict[int, str]:
+def read_names(fs: fsspec.AbstractFileSystem, path: str) -> dict[int, str]:
+    """{class index: name} of an `identities.tsv` file."""
     names = {}
     with fs.open(path, "rb") as f:
         for number, line in enumerate(f, 1):
@@ -288,7 +298,7 @@ def _cached_index(fs: fsspec.AbstractFileSystem, path: str, stamp: tuple) -> _In
 
 @functools.lru_cache(maxsize=4)
 def _cached_names(fs: fsspec.AbstractFileSystem, path: str, stamp: tuple) -> dict[int, str]:
-    return _read_names(fs, path)
+    return read_names(fs, path)
 
 
 def _stamp(fs: fsspec.AbstractFileSystem, path: str) -> tuple | None:
@@ -351,16 +361,19 @@ class RecFormat(DatasetFormat):
 
     name = "rec"
 
-    def __init__(self, records_per_shard: int = 1000):
+    def __init__(self, records_per_shard: int = 1000, rec_file: str | None = None):
+        """`rec_file`: URI of the `.rec` to read (default `<root>/train.rec`), on the same
+        storage as the dataset."""
         if records_per_shard < 1:
             raise ValueError(f"records_per_shard must be at least 1, not {records_per_shard}")
         self.records_per_shard = records_per_shard
+        self.rec_file = parse_uri(rec_file).path if rec_file else None
 
     def list_shards(self, fs: fsspec.AbstractFileSystem, root: str) -> list[Shard]:
         """Image key ranges from `train.idx` and header record 0; without an index, one shard
         for the whole `.rec`. A header record that cannot be read raises ShardError: without
         it, image records cannot be told from identity records."""
-        rec = posixpath.join(root, REC)
+        rec = self.rec_file or posixpath.join(root, REC)
         index = _index(fs, posixpath.join(root, IDX))
         if index is None:
             if not fs.exists(rec):

@@ -154,3 +154,12 @@ def test_bench_model_ends_with_one_json_line():
     assert [r["batch_size"] for r in figures["results"]] == [1, 4]
     assert all(r["images_per_s"] > 0 and r["fraction_of_gemm"] > 0 for r in figures["results"])
     assert figures["gemm_gflop_per_s"] > 0 and figures["gflop_per_image"] > 0
+
+
+def test_bench_query_answers_over_the_generated_manifest():
+    result = fiqa("bench", "query", "--rows", "30000", "--datasets", "3", "--repeats", "1")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["bench"] == "query" and figures["rows"] == 30000
+    assert figures["datasets"] == 3 and figures["files"] == 3  # one file per partition
+    assert figures["query_s"] > 0 and figures["bare_duckdb_s"] > 0

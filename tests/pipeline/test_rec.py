@@ -318,6 +318,30 @@ def test_without_index_one_shard_is_scanned(store):
     assert triples(read_all(fs, root)) == written
 
 
+def test_rec_file_reads_an_index_of_another_files_records(mem):
+    """An exported index: keys 0..K-1 at the offsets of some image records of a .rec with a
+    header. Its record 0 is a flag-0 image, so there is no header and every key is an image."""
+    fs, root = mem
+    written = write(fs, root, grouped([3, 2, 4]))
+    offsets = read_index(fs, f"{root}/train.idx")
+    chosen = [3, 5, 6, 9]
+    subset = f"{root}-subset"
+    fs.pipe_file(
+        f"{subset}/train.idx",
+        "".join(f"{k}\t{offsets[key]}\n" for k, key in enumerate(chosen)).encode(),
+    )
+    fmt = RecFormat(3, rec_file=f"memory://{root}/train.rec")
+    assert [(s.start, s.stop, s.path) for s in fmt.list_shards(fs, subset)] == [
+        (0, 3, f"{root}/train.rec"),
+        (3, 4, f"{root}/train.rec"),
+    ]
+    rows = [r for s in fmt.list_shards(fs, subset) for r in fmt.read_shard(fs, subset, s)]
+    assert [(r["image_id"], r["identity"], r["image"]) for r in rows] == [
+        (f"train.rec#{k}", *written[key - 1][1:]) for k, key in enumerate(chosen)
+    ]
+    fs.rm(subset, recursive=True)
+
+
 def test_missing_rec_is_a_clear_error(mem):
     fs, root = mem
     with pytest.raises(FileNotFoundError, match=r"train\.rec"):

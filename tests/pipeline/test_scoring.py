@@ -6,7 +6,7 @@ from models.artifact import save_artifact
 from models.vit_fiqa import create_model
 from pipeline.catalog import open_catalog
 from pipeline.decode import DecodeOptions, decode_batch
-from pipeline.manifest import committed_shards, embedding_array, open_table
+from pipeline.manifest import committed_shards, dataset_sources, embedding_array, open_table
 from pipeline.scoring import QualityScorer, ScoringPlan, score
 from tests.builders import face_jpegs, write_faces
 
@@ -107,6 +107,10 @@ def test_every_image_exactly_once_incrementally_and_per_model(ray_local, home):
     props = table.current_snapshot().summary.additional_properties
     assert props["fiqa.model_id"] == other.model_id and props["fiqa.run_id"] == other.run_id
     assert "ok" in props["fiqa.statuses"] and props["fiqa.dataset"] == "faces"
+    # Where the images are, for curation jobs that fetch them later.
+    assert dataset_sources(table) == {
+        "faces": {"data": data, "format": "wds", "format_options": {}}
+    }
 
 
 def test_a_new_shard_is_the_only_thing_scored(ray_local, home):

@@ -1,0 +1,91 @@
+"""`fiqa export`: turn a selection written by `fiqa filter` into a training set."""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import Field, model_validator
+
+from jobs.config import JsonSummary, TableConfig, register_verb
+from pipeline.export import ExportPlan, ExportSummary, ExportTarget, export
+from pipeline.export.base import RECORD
+from pipeline.selection import selection_name
+
+SHOWN_PROBLEMS = 10  # the rest are in the summary
+
+
+class ExportConfig(TableConfig, JsonSummary):
+    selection: str = Field(
+        description="selection table of 'fiqa filter' (a bare name is in --table's namespace)"
+    )
+    to: ExportTarget = Field(description="what to write")
+    out: str = Field(
+        description="output URI: a new folder for rec-idx, wds and parquet --with-bytes, "
+        "a file for list and parquet"
+    )
+    dataset: str | None = Field(
+        None, description="export this dataset only (required for rec-idx when there are more)"
+    )
+    shard_size: int = Field(
+        1000, gt=0, description="wds, parquet --with-bytes: images per shard (part) at most"
+    )
+    with_bytes: bool = Field(False, description="parquet: also the image bytes")
+
+    @model_validator(mode="after")
+    def bytes_need_parquet(self) -> ExportConfig:
+        if self.with_bytes and self.to != "parquet":
+            raise ValueError("with_bytes (--with-bytes) applies to --to parquet only")
+        return self
+
+    def plan(self) -> ExportPlan:
+        return ExportPlan(
+            selection=selection_name(self.table, self.selection),
+            target=self.to,
+            out=self.out,
+            dataset=self.dataset,
+            shard_size=self.shard_size,
+            with_bytes=self.with_bytes,
+            storage=self.storage(),
+            catalog=self.catalog,
+        )
+
+
+def run(config: ExportConfig) -> None:
+    # Ray starts (or joins RAY_ADDRESS) on first use, by the targets that read images.
+    summary = export(config.plan(), progress=print)
+    print_summary(summary)
+    if config.json_output:
+        print(json.dumps(summary.to_dict()))
+
+
+def print_summary(summary: ExportSummary) -> None:
+    if summary.problems:
+        counts = ", ".join(f"{k} {v}" for k, v in summary.problem_counts().items())
+        print(f"not exported: {len(summary.problems)} kept images ({counts})")
+        for p in summary.problems[:SHOWN_PROBLEMS]:
+            print(f"  {p['dataset']} {p['image_id']}: {p['problem']}: {p['message']}")
+        if len(summary.problems) > SHOWN_PROBLEMS:
+            if summary.target == "parquet" and not summary.shards:
+                where = "the file's fiqa.export metadata"
+            else:
+                where = f"{RECORD} in the output"
+            print(f"  ... and {len(summary.problems) - SHOWN_PROBLEMS} more, all in {where}")
+    noun = "shards" if summary.target == "wds" else "parts"
+    shards = f" in {len(summary.shards)} {noun}" if summary.shards else ""
+    print(
+        f"exported {summary.images} of {summary.kept} kept images{shards} "
+        f"({summary.selection}, snapshot {summary.snapshot_id}) as {summary.target}"
+    )
+    print(f"output: {summary.out}")
+
+
+def register(subparsers) -> None:
+    register_verb(
+        subparsers,
+        "export",
+        ExportConfig,
+        run,
+        summary="write a selection's kept images as a training set (rec-idx, wds, list, parquet)",
+        example="fiqa export --selection ms1mv2_q30 --table faces.quality --to rec-idx "
+        "--out s3://faces/ms1mv2-q30",
+    )

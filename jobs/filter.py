@@ -1,0 +1,88 @@
+"""`fiqa filter`: apply a filter policy to the manifest and store the selection (Iceberg)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from pydantic import Field
+
+from jobs.config import ConfigError, JsonSummary, TableConfig, register_verb, validate
+from pipeline.catalog import open_catalog
+from pipeline.manifest import dataset_sources
+from pipeline.policy import RULES, FilterPolicy, apply_policy, unscored_datasets
+from pipeline.query import open_query
+from pipeline.selection import selection_name, write_selection
+
+
+class FilterConfig(TableConfig, JsonSummary, FilterPolicy):
+    policy: str | None = Field(
+        None,
+        description="policy YAML with any of the rule settings; rule flags override it",
+        json_schema_extra={"metavar": "FILE.yaml"},
+    )
+    out: str = Field(description="selection name (a table beside the manifest) or ns.table")
+
+    def filter_policy(self) -> FilterPolicy:
+        """The policy file's rules, overridden by the rules given as flags or in --config."""
+        values = {}
+        if self.policy:
+            try:
+                values = yaml.safe_load(Path(self.policy).read_text()) or {}
+            except (OSError, yaml.YAMLError) as e:
+                raise ConfigError(f"cannot read policy file {self.policy}: {e}") from None
+            if not isinstance(values, dict):
+                raise ConfigError(f"policy file {self.policy} must hold a mapping of rules")
+        given = self.model_dump(include=set(FilterPolicy.model_fields), exclude_unset=True)
+        return validate(FilterPolicy, {**values, **given})
+
+
+def run(config: FilterConfig) -> None:
+    policy = config.filter_policy()
+    storage = config.storage()
+    catalog = open_catalog(config.catalog, storage)
+    name = selection_name(config.table, config.out)
+    with open_query(catalog, config.table, selections=(), storage=storage) as query:
+        rows, model_id = apply_policy(query, policy)
+        unscored = unscored_datasets(query, model_id, policy.datasets)
+    info = {
+        "manifest": config.table,
+        "manifest_snapshot": query.snapshot_id,
+        "model_id": model_id,
+        "policy": policy.model_dump(exclude_none=True),
+        "sources": dataset_sources(catalog.load_table(config.table)),
+    }
+    snapshot, info = write_selection(catalog, name, rows, info)
+    summary = info["summary"]
+    print(
+        f"model {model_id}: {summary['images']} images of {summary['identities']} identities "
+        f"in {', '.join(summary['datasets'])}"
+    )
+    if unscored:
+        print(
+            f"warning: model {model_id} has not scored {', '.join(unscored)}; those datasets "
+            "are not in the selection (choose another --model-id, or --datasets)"
+        )
+    for rule in (*RULES, "kept"):
+        if rule in summary["by_reason"]:
+            print(f"  {rule:<34} {summary['by_reason'][rule]:>10}")
+    print(
+        f"kept {summary['kept']} images and {summary['identities_kept']} identities; dropped "
+        f"{summary['dropped']} images and {summary['identities_dropped']} identities"
+    )
+    print(f"selection: {name} (snapshot {snapshot})")
+    if config.json_output:
+        print(json.dumps({"selection": name, "snapshot": snapshot, **info}))
+
+
+def register(subparsers) -> None:
+    register_verb(
+        subparsers,
+        "filter",
+        FilterConfig,
+        run,
+        summary="select the images a training set keeps, by quality rules, into a selection table",
+        example="fiqa filter --table faces.quality --drop-bottom-percent-per-identity 10 "
+        "--min-images-per-identity 10 --out ms1mv2_clean",
+    )

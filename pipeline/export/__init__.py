@@ -1,0 +1,46 @@
+"""`fiqa export`: a selection's kept images as a training set.
+
+Targets: `rec-idx` (a new `train.idx` into an insightface `.rec`, `rec_idx.py`), `wds`
+(WebDataset shards with the bytes copied, `wds.py`), `list` and `parquet` (the kept keys,
+or with the bytes as Parquet parts, `keys.py`). The targets that copy bytes stream them from
+the sources in one Ray task per output shard (`samples.py`), so no stage holds more than one
+output shard. Every target exports in the same order, by dataset, shard and image_id with
+numbers compared as numbers. A kept image that cannot be delivered is never dropped
+silently: it is a problem row (missing, unreadable, unsupported) in the summary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, get_args
+
+from pipeline.catalog import open_catalog
+from pipeline.export.base import ExportError, ExportPlan, ExportSummary, kept_images, load_kept
+from pipeline.export.keys import export_list, export_parquet
+from pipeline.export.rec_idx import export_rec_idx
+from pipeline.export.wds import export_wds
+
+__all__ = ["TARGETS", "ExportError", "ExportPlan", "ExportSummary", "ExportTarget", "export"]
+
+TARGETS: dict[str, Callable[..., ExportSummary]] = {
+    "rec-idx": export_rec_idx,
+    "wds": export_wds,
+    "list": export_list,
+    "parquet": export_parquet,
+}
+# The same names as a type, for configuration fields.
+ExportTarget = Literal["rec-idx", "wds", "list", "parquet"]
+assert set(get_args(ExportTarget)) == set(TARGETS)
+
+
+def export(plan: ExportPlan, progress: Callable[[str], None] = print) -> ExportSummary:
+    if plan.target not in TARGETS:
+        raise ExportError(f"unknown export target {plan.target!r}; available: {', '.join(TARGETS)}")
+    selection = load_kept(open_catalog(plan.catalog, plan.storage), plan.selection)
+    kept = kept_images(selection, plan.dataset)
+    images = selection.info["summary"]["images"]
+    progress(
+        f"{selection.name} (snapshot {selection.snapshot_id}, {images} images): "
+        f"exporting the {kept.rows.num_rows} kept of {', '.join(kept.datasets)}"
+    )
+    return TARGETS[plan.target](kept, plan, progress)

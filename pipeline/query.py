@@ -1,0 +1,190 @@
+"""Read-only SQL over the manifest: DuckDB on one snapshot of the Iceberg table.
+
+The snapshot's data files are handed to DuckDB as a pyarrow dataset (through our storage
+layer, so s3 endpoints and credentials apply), so DuckDB reads only the columns and row
+groups a query needs and never a whole manifest into memory. The manifest is exposed as
+`manifest`; selections (tables written by `fiqa filter`) by their bare names.
+
+Read-only twice over: a statement must be a single SELECT, and the DuckDB connection runs with
+external access disabled and its configuration locked, so no query can read or write files,
+attach databases, or install and load extensions, whatever functions it calls. (DuckDB itself
+may spill intermediate results to a private temporary folder, removed on close.)
+"""
+
+from __future__ import annotations
+
+import datetime
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as pads
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.table import Table
+
+from pipeline.manifest import ARROW_SCHEMA
+from pipeline.selection import ARROW_SCHEMA as SELECTION_SCHEMA
+from pipeline.selection import INFO_PROPERTY
+from pipeline.storage import StorageOptions, arrow_filesystem, parse_uri
+
+MANIFEST = "manifest"
+_SANDBOX = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "python_enable_replacements": False,  # no reaching Python variables by name
+    "lock_configuration": True,
+}
+
+
+class QueryError(ValueError):
+    """A query that is refused (not read-only) or fails; the message says why."""
+
+
+def sql_literal(value: str) -> str:
+    """`value` as a SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def snapshot_dataset(
+    table: Table,
+    schema: pa.Schema,
+    snapshot_id: int | None,
+    storage: StorageOptions | None = None,
+) -> pads.Dataset | pa.Table:
+    """The rows of one snapshot (None: no snapshot yet, an empty table) for DuckDB to scan."""
+    if snapshot_id is None:
+        return schema.empty_table()
+    scan = table.scan(snapshot_id=snapshot_id)
+    tasks = list(scan.plan_files())
+    if any(task.delete_files for task in tasks):
+        # Row-level deletes need Iceberg's merge-on-read, which pyiceberg's reader applies.
+        return scan.to_arrow().cast(schema)
+    if not tasks:
+        return schema.empty_table()
+    paths = [task.file.file_path for task in tasks]
+    fs, _ = arrow_filesystem(paths[0], storage)
+    return pads.dataset(
+        [parse_uri(p).path for p in paths], schema=schema, format="parquet", filesystem=fs
+    )
+
+
+def resolve_snapshot(
+    table: Table, snapshot_id: int | None = None, as_of: datetime.datetime | None = None
+) -> int | None:
+    """The snapshot to read: the given id, the one current at `as_of`, or the current one."""
+    if snapshot_id is not None:
+        if table.snapshot_by_id(snapshot_id) is None:
+            raise QueryError(f"{table.name()}: no snapshot {snapshot_id}")
+        return snapshot_id
+    if as_of is not None:
+        if as_of.tzinfo is None:
+            as_of = as_of.replace(tzinfo=datetime.UTC)
+        snapshot = table.snapshot_as_of_timestamp(int(as_of.timestamp() * 1000))
+        if snapshot is None:
+            raise QueryError(f"{table.name()}: no snapshot at or before {as_of.isoformat()}")
+        return snapshot.snapshot_id
+    current = table.current_snapshot()
+    return current.snapshot_id if current else None
+
+
+def selection_tables(catalog: Catalog, namespace: str) -> list[str]:
+    """Full names of the tables in `namespace` that `fiqa filter` wrote."""
+    names = []
+    for identifier in catalog.list_tables(namespace):
+        name = ".".join(identifier)
+        snapshot = catalog.load_table(name).current_snapshot()
+        if snapshot is not None and snapshot.summary.get(INFO_PROPERTY):
+            names.append(name)
+    return sorted(names)
+
+
+@dataclass
+class ManifestQuery:
+    """A sandboxed DuckDB connection with the manifest snapshot (and selections) registered."""
+
+    connection: duckdb.DuckDBPyConnection
+    table: str
+    snapshot_id: int | None
+    relations: tuple[str, ...]
+    spill: tempfile.TemporaryDirectory
+
+    def sql(self, text: str) -> pa.Table:
+        check_read_only(text)
+        try:
+            return self.connection.sql(text).to_arrow_table()
+        except duckdb.PermissionException:
+            raise QueryError(
+                "the query reaches outside the exposed tables (files, databases or "
+                f"extensions); only {', '.join(self.relations)} can be read"
+            ) from None
+        except duckdb.Error as e:
+            raise QueryError(str(e)) from None
+
+    def close(self) -> None:
+        self.connection.close()
+        self.spill.cleanup()
+
+    def __enter__(self) -> ManifestQuery:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def check_read_only(text: str) -> None:
+    try:
+        statements = duckdb.extract_statements(text)
+    except duckdb.Error as e:
+        raise QueryError(str(e)) from None
+    if len(statements) != 1:
+        raise QueryError(f"expected one statement, got {len(statements)}")
+    kind = statements[0].type
+    if kind != duckdb.StatementType.SELECT:
+        raise QueryError(
+            f"only SELECT queries are allowed (this is a {kind.name} statement): the manifest "
+            "is read-only here"
+        )
+
+
+def open_query(
+    catalog: Catalog,
+    manifest_table: str,
+    *,
+    selections: Iterable[str] | None = None,
+    snapshot_id: int | None = None,
+    as_of: datetime.datetime | None = None,
+    storage: StorageOptions | None = None,
+) -> ManifestQuery:
+    """`selections`: full table names to expose as well; None exposes every selection in the
+    manifest's namespace. Selections are read at their current snapshot."""
+    try:
+        table = catalog.load_table(manifest_table)
+    except NoSuchTableError:
+        raise QueryError(f"no manifest table {manifest_table!r}") from None
+    snapshot = resolve_snapshot(table, snapshot_id, as_of)
+    if selections is None:
+        selections = selection_tables(catalog, manifest_table.rpartition(".")[0])
+    # DuckDB's own spill files go to a private folder removed on close, not the working one.
+    spill = tempfile.TemporaryDirectory(prefix="fiqa-query-")
+    connection = duckdb.connect(config={**_SANDBOX, "temp_directory": spill.name})
+    connection.register(MANIFEST, snapshot_dataset(table, ARROW_SCHEMA, snapshot, storage))
+    relations = [MANIFEST]
+    for name in selections:
+        if name == manifest_table:
+            continue
+        try:
+            selection = catalog.load_table(name)
+        except NoSuchTableError:
+            raise QueryError(f"no selection table {name!r}") from None
+        current = selection.current_snapshot()
+        bare = name.rpartition(".")[2]
+        dataset = snapshot_dataset(
+            selection, SELECTION_SCHEMA, current and current.snapshot_id, storage
+        )
+        connection.register(bare, dataset)
+        relations.append(bare)
+    return ManifestQuery(connection, manifest_table, snapshot, tuple(relations), spill)
