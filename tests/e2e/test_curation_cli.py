@@ -96,3 +96,12 @@ def test_refusals_are_one_line_errors(home, capsys):
     assert "drop_bottom_percent (--drop-bottom-percent)" in capsys.readouterr().err
     assert main(["filter", "--table", "faces.quality", "--model-id", "nope", "--out", "x"]) == 2
     assert "no rows for model nope" in capsys.readouterr().err
+
+
+def test_filter_says_which_datasets_the_newest_model_left_out(home, capsys):
+    newer = manifest_rows([{"image_id": "x", "dataset": "other", "quality": 0.5}], "m2", 60)
+    write_manifest(open_catalog(), "faces.quality", newer)
+    assert main(["filter", "--table", "faces.quality", "--out", "newest", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: model m2 has not scored d" in out
+    assert json.loads(out.strip().splitlines()[-1])["summary"]["images"] == 1
