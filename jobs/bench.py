@@ -111,7 +111,7 @@ def register(subparsers) -> None:
         BenchTrainConfig,
         run_train,
         summary="training images/s through Ray Train (1, 2 workers) vs a bare loop",
-        example="fiqa bench train --data /tmp/faces --batch-size 64",
+        example="fiqa bench train --data bench/benchtrain --batch-size 64",
     )
     register_verb(
         what,
