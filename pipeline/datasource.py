@@ -4,7 +4,8 @@ Shards are listed on the driver (files, never images); each read task opens its 
 filesystem from the URI and storage options, streams the shard's sample rows and emits them
 in Arrow blocks of `rows_per_block`. A shard that breaks part-way (`ShardError`) adds one
 `read_error` row whose image_id is the shard key, so the failure is recorded, not raised.
-`fetch_images` reads a handful of known images on the driver (report thumbnails).
+`wanted_rows` reads a shard only until the images wanted from it have come by: exports use
+it in their tasks, `fetch_images` on the driver for a handful (report thumbnails).
 """
 
 from __future__ import annotations
@@ -33,6 +34,27 @@ def shard_rows(
         yield read_error(shard.key, shard.key, None, f"shard error: {e.reason}")
 
 
+def wanted_rows(
+    format_name: str,
+    format_options: dict,
+    uri: str,
+    storage: StorageOptions | None,
+    shard: Shard,
+    image_ids: Collection[str],
+) -> Iterator[dict]:
+    """The rows of `shard` whose image_id is in `image_ids`, in the reader's order; reading
+    stops once all of them have come by. A shard-level failure ends it with its `read_error`
+    row (image_id: the shard key), as in `shard_rows`."""
+    missing = set(image_ids)
+    for row in shard_rows(format_name, format_options, uri, storage, shard):
+        broke = row["image_id"] == shard.key and row["status"] != OK
+        if row["image_id"] in missing or broke:
+            missing.discard(row["image_id"])
+            yield row
+            if not missing:
+                return
+
+
 def fetch_images(
     format_name: str,
     format_options: dict,
@@ -43,22 +65,15 @@ def fetch_images(
     """Encoded bytes of a few images, `wanted` as shard key -> image_ids: only their shards
     are read, each until its wanted images have come by. An image that cannot be read (a
     `read_error` row, a shard that breaks or has gone) is left out of the result."""
-    fmt = get_format(format_name, **format_options)
     fs, root = filesystem(uri, storage)
     found: dict[str, bytes] = {}
-    for shard in fmt.list_shards(fs, root):
-        missing = set(wanted.get(shard.key, ()))
-        if not missing:
+    for shard in get_format(format_name, **format_options).list_shards(fs, root):
+        if not wanted.get(shard.key):
             continue
+        rows = wanted_rows(format_name, format_options, uri, storage, shard, wanted[shard.key])
         try:
-            for row in fmt.read_shard(fs, root, shard):
-                if row["image_id"] in missing:
-                    if row["status"] == OK:
-                        found[row["image_id"]] = row["image"]
-                    missing.discard(row["image_id"])
-                    if not missing:
-                        break
-        except (ShardError, OSError):  # what it yielded before breaking is kept
+            found.update((r["image_id"], r["image"]) for r in rows if r["status"] == OK)
+        except OSError:  # a shard gone since listing: what it yielded before is kept
             continue
     return found
 

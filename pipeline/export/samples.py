@@ -8,7 +8,7 @@ image_ids wanted from it. A source shard on an output's boundary is read by both
 tasks, each taking its own slice: reading it twice is the price of never gathering samples
 anywhere but in the task that writes them.
 
-One Ray task per output streams its slices through the format's reader (`shard_rows`),
+One Ray task per output streams its slices through the format's reader (`wanted_rows`),
 stops a shard once all its wanted ids have come by, and hands the samples to its writer in
 export order. Only a sample the reader gives ahead of its turn waits, so a task holds at
 most one slice's wanted rows beyond what its writer buffers. A kept image that cannot be
@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import ray
 from ray.remote_function import RemoteFunction
 
-from pipeline.datasource import shard_rows
+from pipeline.datasource import wanted_rows
 from pipeline.export.base import (
     MISSING,
     PARTIAL,
@@ -178,33 +178,25 @@ def _outcomes(
     piece: Slice, storage: StorageOptions | None, name_extensions: bool
 ) -> Iterator[tuple[int, tuple[dict | None, dict | None]]]:
     """(index in the slice, (sample, None) or (None, problem)) for every wanted index once,
-    in the reader's order, then those whose image never came by."""
-    wanted: dict[str, list[int]] = {}  # a list: a row kept twice is delivered twice
-    for index, image_id in enumerate(piece.image_ids):
-        wanted.setdefault(image_id, []).append(index)
+    in the reader's order, then those whose image never came by. A selection's keys are
+    unique, so each image_id is wanted at one index."""
+    wanted = {image_id: index for index, image_id in enumerate(piece.image_ids)}
     broke = None  # why the shard ended early, if it did
     source, key = piece.source, piece.shard.key
-    for row in shard_rows(
-        source["format"], source["format_options"], source["data"], storage, piece.shard
-    ):
-        image_id = row["image_id"]
-        if image_id == key and row["status"] != OK:
+    rows = wanted_rows(
+        source["format"], source["format_options"], source["data"], storage, piece.shard, wanted
+    )
+    for row in rows:
+        if row["image_id"] == key and row["status"] != OK:
             broke = row["error"]
             continue
-        indices = wanted.pop(image_id, ())  # image_ids are unique: the first row decides
-        if indices:
-            outcome = _outcome(piece, row, name_extensions)
-            for index in indices:
-                yield index, outcome
-            if not wanted:  # the rest of the shard holds nothing wanted
-                return
-    for image_id, indices in wanted.items():
+        yield wanted.pop(row["image_id"]), _outcome(piece, row, name_extensions)
+    for image_id, index in wanted.items():
         if broke is not None:
             kind, message = UNREADABLE, f"not reached: {broke}"
         else:
             kind, message = MISSING, f"not in source shard {key}"
-        for index in indices:
-            yield index, (None, problem(piece.dataset, image_id, key, kind, message))
+        yield index, (None, problem(piece.dataset, image_id, key, kind, message))
 
 
 def _outcome(piece: Slice, row: dict, name_extensions: bool) -> tuple[dict | None, dict | None]:
