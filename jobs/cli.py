@@ -8,6 +8,7 @@ import sys
 
 from jobs import (
     bench,
+    demo,
     eval,
     export,
     export_onnx,
@@ -23,8 +24,10 @@ from jobs import (
     train,
 )
 from jobs.config import ConfigError
+from jobs.demo import DemoError
 from models.artifact import ArtifactError
 from models.weights import WeightsError
+from pipeline.evaluation import EvaluationError
 from pipeline.export import ExportError
 from pipeline.policy import PolicyError
 from pipeline.query import QueryError
@@ -48,14 +51,17 @@ VERBS = (
     export_onnx,
     train,
     bench,
+    demo,
 )
 # Errors that are the input's fault: reported in one line, without a traceback.
 USER_ERRORS = (
     ConfigError,
+    DemoError,
     ArtifactError,
     WeightsError,
     StorageError,
     TrainingError,
+    EvaluationError,
     ExportError,
     PolicyError,
     QueryError,

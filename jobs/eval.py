@@ -1,40 +1,103 @@
-"""`fiqa eval`: evaluate a model artifact on a labelled dataset; writes result.json."""
+"""`fiqa eval`: EDC and pAUC of ViT-FIQA against baselines, with one or more FR models."""
 
 from __future__ import annotations
 
-import json
-
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from jobs.config import DataConfig, register_verb
-from pipeline.evaluation import evaluate
-from pipeline.storage import filesystem
-
-RESULT_FILE = "result.json"
+from pipeline.evaluation import EvaluationPlan, FrModelSpec, SerFiq, evaluate, write_outputs
+from pipeline.evaluation.methods import METHODS
 
 
 class EvalConfig(DataConfig):
-    model: str = Field(description="model artifact URI")
-    out: str = Field(description="directory for result.json (local or s3://)")
-    seed: int = Field(0, description="seed of the pair sampling")
-
-
-def run(config: EvalConfig) -> None:
-    storage = config.storage()
-    result = evaluate(
-        config.model,
-        config.data,
-        config.format,
-        storage=storage,
-        format_options=config.format_options,
-        seed=config.seed,
+    model: str = Field(description="the token-mode model artifact to evaluate")
+    out: str = Field(description="directory for result.json, edc.png, ranking.md")
+    fr_models: list[FrModelSpec] = Field(
+        [],
+        description="more FR models: artifact directories or .onnx files (YAML: full specs "
+        "with size, mean, std, colour_order, layout, dtype)",
+        json_schema_extra={"flag": "--fr-model", "metavar": "URI"},
     )
-    v = result["verification"]
+    crfiqa_model: str | None = Field(None, description="a crfiqa-mode artifact to compare")
+    methods: list[str] | None = Field(
+        None, description=f"quality methods (default: all that apply of {', '.join(METHODS)})"
+    )
+    fmr: list[float] = Field([1e-3, 1e-4], description="FMRs the thresholds are fixed at")
+    discard_limit: list[float] = Field([0.2, 0.3], description="pAUC discard limits")
+    max_genuine: int = Field(200_000, gt=0, description="cap on genuine comparisons")
+    impostors: int = Field(500_000, gt=0, description="impostor comparisons sampled")
+    ser_fiq_passes: int = Field(100, ge=2, description="SER-FIQ dropout passes (T)")
+    ser_fiq_dropout: float = Field(0.5, gt=0, lt=1, description="SER-FIQ dropout rate")
+    batch_size: int = Field(128, gt=0, description="images per model call")
+    seed: int = Field(0, description="seed of pair sampling, random quality and dropout")
+
+    @field_validator("fr_models", mode="before")
+    @classmethod
+    def uris_are_specs(cls, values):
+        return [{"uri": v} if isinstance(v, str) else v for v in values or []]
+
+    @field_validator("fmr")
+    @classmethod
+    def rates(cls, values: list[float]) -> list[float]:
+        if not values or any(not 0 < v < 1 for v in values):
+            raise ValueError("FMRs must lie in (0, 1)")
+        return values
+
+    @field_validator("discard_limit")
+    @classmethod
+    def limits(cls, values: list[float]) -> list[float]:
+        if not values or any(not 0 < v <= 1 for v in values):
+            raise ValueError("discard limits must lie in (0, 1]")
+        return values
+
+    def plan(self) -> EvaluationPlan:
+        return EvaluationPlan(
+            model=self.model,
+            data=self.data,
+            format=self.format,
+            format_options=self.format_options,
+            storage=self.storage(),
+            fr_models=tuple(self.fr_models),
+            crfiqa_model=self.crfiqa_model,
+            methods=self.methods,
+            fmrs=tuple(self.fmr),
+            discard_limits=tuple(self.discard_limit),
+            max_genuine=self.max_genuine,
+            impostors=self.impostors,
+            ser_fiq=SerFiq(self.ser_fiq_passes, self.ser_fiq_dropout),
+            seed=self.seed,
+            batch_size=self.batch_size,
+        )
+
+
+def print_summary(result: dict) -> None:
+    v, p = result["verification"], result["protocol"]
     print(
         f"model {result['model_id']} on {result['images']} images of {result['identities']} "
-        f"identities: verification accuracy {v['verification_accuracy']:.3f}, "
-        f"TAR@FMR1e-3 {v['tar_at_fmr']:.3f} ({v['genuine_pairs']:.0f} genuine pairs)"
+        f"identities ({', '.join(f'{k} {n}' for k, n in result['statuses'].items())}): "
+        f"verification accuracy {v['verification_accuracy']:.3f} with its own FR head; "
+        f"{p['genuine_comparisons']:,} genuine and {p['impostor_comparisons']:,} impostor "
+        "comparisons"
     )
+    fmr = p["fmrs"][0]
+    for fr in result["fr_models"]:
+        curves = sorted(
+            (c for c in result["curves"] if c["fr_model"] == fr["name"] and c["fmr"] == fmr),
+            key=lambda c: c["pauc"],
+        )
+        limit = curves[0]["pauc_discard_limit"]
+        print(
+            f"{fr['name']}, FMR {fmr:g}: starting FNMR {curves[0]['starting_error']:.4f}; "
+            f"pAUC to discard {limit:g}, best first:"
+        )
+        for c in curves:
+            print(f"  {c['method']:<16} {c['pauc']:.5f}")
+        for at in fr["at_fmr"]:
+            if not at["resolvable"]:
+                print(
+                    f"  warning: {p['impostor_comparisons']} impostors cannot resolve FMR "
+                    f"{at['fmr']:g}; its threshold is the highest impostor score"
+                )
     if "severity" in result:
         s = result["severity"]
         print("severity quartile  images  mean severity  mean quality  verification acc")
@@ -49,11 +112,13 @@ def run(config: EvalConfig) -> None:
             f"mean quality across severity quartiles: {trend}; Spearman(quality, -severity) "
             f"{s['spearman_quality_vs_severity']:.3f}"
         )
-    fs, out = filesystem(config.out, storage)
-    fs.makedirs(out, exist_ok=True)
-    with fs.open(f"{out.rstrip('/')}/{RESULT_FILE}", "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"result: {config.out.rstrip('/')}/{RESULT_FILE}")
+
+
+def run(config: EvalConfig) -> None:
+    result = evaluate(config.plan())
+    print_summary(result)
+    for name, uri in write_outputs(result, config.out, config.storage()).items():
+        print(f"{name}: {uri}")
 
 
 def register(subparsers) -> None:
@@ -62,8 +127,8 @@ def register(subparsers) -> None:
         "eval",
         EvalConfig,
         run,
-        summary="evaluate a model on a labelled dataset: verification and, on synthetic "
-        "data, quality by degradation severity",
-        example="fiqa eval --model models/vit-fiqa-cpu --data bench/eval --format wds "
-        "--out bench/eval-result",
+        summary="rank ViT-FIQA against baseline quality methods by EDC pAUC, with the "
+        "model's own FR head and any other FR models (artifacts or ONNX)",
+        example="fiqa eval --model bench/model --data bench/eval --format wds "
+        "--fr-model bench/model-arcface --out bench/eval-result",
     )

@@ -33,6 +33,9 @@ class SynthConfig(StorageConfig):
     )
     image_format: Literal["jpg", "png"] = Field("jpg", description="encoding of the images")
     shard_size: int = Field(1000, gt=0, description="images per shard (wds, parquet)")
+    corrupt: int = Field(
+        0, ge=0, description="images written damaged (truncated or not an image), for testing"
+    )
     workers: int = Field(os.cpu_count() or 1, ge=1, description="rendering processes")
     gallery: str | None = Field(
         None,
@@ -62,6 +65,7 @@ class SynthConfig(StorageConfig):
             seed=self.seed,
             split=self.split,
             image_format=self.image_format,
+            corrupt=self.corrupt,
             degradations=None if self.degradations is None else tuple(self.degradations),
         )
 

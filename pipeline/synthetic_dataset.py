@@ -3,7 +3,9 @@
 Images are rendered in worker processes (each image has its own RNG, so the bytes do not
 depend on how the work is split) and written in order by one writer. Every image's generation
 parameters go to `_synth_metadata.jsonl` beside the data, keyed by image_id: for analysis
-only, never for training.
+only, never for training. `corrupt` images (drawn by the seed) are written damaged, half of
+them truncated and half not an image at all, as real crawls have them; their metadata says
+which.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from pipeline import synth
 from pipeline.formats.base import DatasetFormat
 
 METADATA_FILE = "_synth_metadata.jsonl"
+CORRUPT_TAG = 0xBAD  # RNG key of the choice of corrupt images, apart from the renderer's
+CORRUPTIONS = ("truncated", "not_an_image")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class SynthSpec:
     degradations: tuple[str, ...] | None = None  # None: the default mix; (): clean images
     image_format: str = "jpg"
     jpeg_quality: int = 95
+    corrupt: int = 0
 
     def policy(self) -> synth.DegradationPolicy:
         if self.degradations is None:
@@ -49,6 +54,16 @@ class SynthSpec:
     @property
     def images(self) -> int:
         return self.identities * self.per_identity
+
+    def corrupt_images(self) -> dict[int, str]:
+        """Global image index -> how it is damaged."""
+        rng = np.random.default_rng([self.seed, CORRUPT_TAG])
+        picked = rng.choice(self.images, size=min(self.corrupt, self.images), replace=False)
+        return {int(i): CORRUPTIONS[k % 2] for k, i in enumerate(sorted(picked))}
+
+
+def damage(data: bytes, how: str) -> bytes:
+    return data[: len(data) // 2] if how == "truncated" else b"not an image\n" * 8
 
 
 def encode(pixels: np.ndarray, image_format: str, jpeg_quality: int) -> bytes:
@@ -101,15 +116,19 @@ def write_synthetic(
 ) -> SynthResult:
     """Render `spec` and write it at `root` in `fmt`; `on_progress(n)` after each identity."""
     spec.policy()  # refuse a bad degradation name before any work starts
+    corrupt = spec.corrupt_images()
     start = time.perf_counter()
     with (
         fmt.writer(fs, root, shard_size=shard_size) as writer,
         fs.open(posixpath.join(root, METADATA_FILE), "wb") as metadata_file,
         identity_renderer(spec, workers) as rendered,
     ):
-        for images in rendered:
+        for identity_index, images in enumerate(rendered):
             for image_index, (identity, data, metadata) in enumerate(images):
                 key = f"{identity}_{image_index:04d}"
+                how = corrupt.get(identity_index * spec.per_identity + image_index)
+                if how:
+                    data, metadata = damage(data, how), {**metadata, "corrupt": how}
                 image_id = writer.write(key, identity, data, spec.image_format, meta=metadata)
                 record = {"image_id": image_id, "identity": identity, **metadata}
                 metadata_file.write((json.dumps(record, sort_keys=True) + "\n").encode())

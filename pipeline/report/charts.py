@@ -138,12 +138,17 @@ def edc_chart(result: EdcResult) -> bytes:
         fig, axes = _panels(len(panels))
         for ax, ((fr_model, fmr), curves) in zip(axes, panels.items(), strict=True):
             for curve in curves:
-                ax.plot(curve.discard, curve.fnmr, label=f"{curve.method} (pAUC {curve.pauc:.4f})")
+                ax.step(
+                    curve.discard,
+                    curve.fnmr,
+                    where="post",
+                    label=f"{curve.method} (pAUC {curve.pauc:.4f})",
+                )
             limit = curves[0].pauc_discard_limit
             ax.axvline(limit, color="0.6", linestyle=":", linewidth=1)
             ax.set(
                 title=f"{fr_model}, FMR {fmr:g}",
-                xlabel="fraction of images discarded",
+                xlabel="fraction of comparisons discarded",
                 ylabel="FNMR",
                 xlim=(0, max(max(c.discard) for c in curves)),
                 ylim=(0, None),

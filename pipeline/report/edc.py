@@ -6,7 +6,7 @@ One JSON object (keys beyond these are ignored, so a producer may add its own):
                  "discard": [float, ...], "fnmr": [float, ...],
                  "pauc": float, "pauc_discard_limit": float}, ...]}
 
-`discard` holds fractions of images discarded (lowest quality first) in [0, 1], ascending;
+`discard` holds fractions of comparisons discarded (lowest quality first) in [0, 1], ascending;
 `fnmr[i]` is the false non-match rate at the threshold that gives FMR `fmr`, after discarding
 `discard[i]`; `pauc` is the area under the curve up to `pauc_discard_limit`. Curves are drawn
 one panel per (fr_model, fmr), one line per method.

@@ -1,0 +1,167 @@
+"""One pass over a labelled dataset: every quality method's score and every FR model's
+embedding of each readable labelled image.
+
+Evaluation sets are thousands of images, not billions, so the pass runs in this process and
+the results stay in memory. Rows that cannot be used are counted by status, never dropped
+silently: read and decode failures keep their status, unlabelled rows count as
+`no_identity`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models.artifact import Artifact
+from pipeline.datasource import shard_rows
+from pipeline.decode import OK, DecodeOptions, decode_batch, to_model_input
+from pipeline.evaluation import methods
+from pipeline.evaluation.fr_models import FrModel, resize
+from pipeline.formats import get_format
+from pipeline.storage import StorageOptions, filesystem
+
+
+@dataclass
+class Features:
+    image_ids: list[str]
+    identities: np.ndarray  # (N,) str
+    quality: dict[str, np.ndarray]  # method -> (N,) float
+    embeddings: dict[str, np.ndarray]  # FR model -> (N, D) float32, L2-normalised
+    statuses: dict[str, int]  # every row read, by status
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+
+@dataclass(frozen=True)
+class SerFiq:
+    passes: int = 100
+    dropout: float = 0.5
+
+
+class FeaturePass:
+    """Accumulates features batch by batch; `own_fr` names the evaluated model's head."""
+
+    def __init__(
+        self,
+        artifact: Artifact,
+        own_fr: str,
+        wanted: Sequence[str],
+        fr_models: Sequence[FrModel],
+        crfiqa: Artifact | None,
+        ser_fiq: SerFiq,
+        seed: int,
+    ):
+        self.model = artifact.model.eval()
+        self.options = DecodeOptions.from_input_spec(artifact.input)
+        self.own_fr, self.wanted, self.fr_models = own_fr, set(wanted), fr_models
+        self.crfiqa = crfiqa
+        if crfiqa is not None:
+            crfiqa.model.eval()
+            self.crfiqa_options = DecodeOptions.from_input_spec(crfiqa.input)
+        self.ser_fiq = ser_fiq
+        self.generator = torch.Generator().manual_seed(seed)
+        self.ids: list[str] = []
+        self.identities: list[str] = []
+        self.quality: dict[str, list[np.ndarray]] = {}
+        self.embeddings: dict[str, list[np.ndarray]] = {}
+
+    def _add(self, store: dict[str, list[np.ndarray]], name: str, values) -> None:
+        store.setdefault(name, []).append(np.asarray(values))
+
+    @torch.inference_mode()
+    def add(self, rows: list[dict], pixels: np.ndarray) -> None:
+        model = self.model
+        tokens = model.forward_tokens(to_model_input(pixels, self.options))
+        fr_input = (tokens[:, 1:] if model.config.mode == "token" else tokens).flatten(1)
+        embedding = model.feature(fr_input)
+        quality_in = tokens[:, 0] if model.config.mode == "token" else embedding
+        self._add(self.quality, methods.VIT_FIQA, model.head_qs(quality_in).squeeze(1).float())
+        self._add(self.embeddings, self.own_fr, embedding.float())
+        if "embedding-norm" in self.wanted:
+            self._add(self.quality, "embedding-norm", embedding.float().norm(dim=1))
+        if "ser-fiq" in self.wanted:
+            scores = methods.ser_fiq(
+                model,
+                fr_input,
+                passes=self.ser_fiq.passes,
+                dropout=self.ser_fiq.dropout,
+                generator=self.generator,
+            )
+            self._add(self.quality, "ser-fiq", scores)
+        y = methods.luminance(pixels)
+        for name, measure in methods.IMAGE_MEASURES.items():
+            if name in self.wanted:
+                self._add(self.quality, name, measure(y))
+        if self.crfiqa is not None:
+            x = to_model_input(resize(pixels, self.crfiqa_options.size), self.crfiqa_options)
+            self._add(self.quality, methods.CRFIQA, self.crfiqa.model(x)[1].float())
+        for fr in self.fr_models:
+            self._add(self.embeddings, fr.name, fr.embed(pixels))
+        self.ids.extend(r["image_id"] for r in rows)
+        self.identities.extend(r["identity"] for r in rows)
+
+    def result(self, statuses: Counter[str], seed: int) -> Features:
+        if not self.ids:
+            raise ValueError("no readable labelled images")
+        quality = {k: np.concatenate(v).astype(np.float64) for k, v in self.quality.items()}
+        if "random" in self.wanted:
+            quality["random"] = np.random.default_rng(seed).random(len(self.ids))
+        embeddings = {}
+        for name, parts in self.embeddings.items():
+            e = np.concatenate(parts).astype(np.float32)
+            embeddings[name] = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        return Features(
+            self.ids,
+            np.asarray(self.identities),
+            quality,
+            embeddings,
+            dict(sorted(statuses.items())),
+        )
+
+
+def compute_features(
+    features: FeaturePass,
+    data: str,
+    format_name: str,
+    *,
+    storage: StorageOptions | None = None,
+    format_options: dict | None = None,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> Features:
+    data_fs, root = filesystem(data, storage)
+    shards = get_format(format_name, **(format_options or {})).list_shards(data_fs, root)
+    statuses: Counter[str] = Counter()
+    pending: list[dict] = []
+
+    def flush() -> None:
+        decoded = decode_batch({"image": [r["image"] for r in pending]}, features.options)
+        ok = decoded["status"] == OK
+        statuses.update(decoded["status"].tolist())
+        if ok.any():
+            features.add(
+                [r for r, good in zip(pending, ok, strict=True) if good], decoded["pixels"][ok]
+            )
+        bar.update(len(pending))
+        pending.clear()
+
+    with tqdm(unit="img", desc="eval features") as bar:
+        for shard in shards:
+            for row in shard_rows(format_name, format_options or {}, data, storage, shard):
+                if row["status"] != OK:
+                    statuses[row["status"]] += 1
+                elif row["identity"] is None:
+                    statuses["no_identity"] += 1
+                else:
+                    pending.append(row)
+                    if len(pending) == batch_size:
+                        flush()
+        if pending:
+            flush()
+    return features.result(statuses, seed)

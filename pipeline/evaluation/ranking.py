@@ -1,0 +1,52 @@
+"""The markdown table ranking quality methods by pAUC, one section per FR model and FMR."""
+
+from __future__ import annotations
+
+from itertools import groupby
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if value != value else f"{value:.4f}"
+
+
+def ranking_markdown(result: dict) -> str:
+    protocol = result["protocol"]
+    limits = [f"{d:g}" for d in protocol["discard_limits"]]
+    lines = [
+        f"# Quality methods ranked by EDC pAUC (model {result['model_id'][:12]})",
+        "",
+        f"{result['images']} images of {result['identities']} identities from "
+        f"{result['data']}; {protocol['genuine_comparisons']:,} genuine and "
+        f"{protocol['impostor_comparisons']:,} impostor comparisons; pair quality = min.",
+        "ISO/IEC 29794-1 EDC: the threshold is fixed once at the FMR over all impostors, "
+        "discard steps keep ties together, pAUC by stepwise integration. Lower is better.",
+    ]
+    key = lambda c: (c["fr_model"], c["fmr"])  # noqa: E731  (curves come grouped so)
+    for (fr_model, fmr), group in groupby(result["curves"], key=key):
+        curves = sorted(group, key=lambda c: c["pauc"])
+        lines += [
+            "",
+            f"## {fr_model}, FMR {fmr:g} (threshold {curves[0]['threshold']:.4f}, "
+            f"starting FNMR {curves[0]['starting_error']:.4f})",
+            "",
+            "| rank | method | " + " | ".join(f"pAUC to {d}" for d in limits) + " |",
+            "| --- | --- | " + " | ".join("---" for _ in limits) + " |",
+        ]
+        for rank, curve in enumerate(curves, 1):
+            areas = " | ".join(_fmt(curve["pauc_at"][d]) for d in limits)
+            lines.append(f"| {rank} | {curve['method']} | {areas} |")
+    lines += [
+        "",
+        "## CR-FIQA ERC variant (for comparison with published tables only)",
+        "",
+        "Fractions 0-0.95 of all comparisons discarded by count, the threshold re-estimated "
+        "at each step, trapezoid AUC. Not comparable with the EDC pAUC above.",
+        "",
+        "| FR model | FMR | " + " | ".join(result["methods"]) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in result["methods"]) + " |",
+    ]
+    for (fr_model, fmr), group in groupby(result["erc"], key=key):
+        auc = {c["method"]: c["auc"] for c in group}
+        cells = " | ".join(_fmt(auc[m]) for m in result["methods"])
+        lines.append(f"| {fr_model} | {fmr:g} | {cells} |")
+    return "\n".join(lines) + "\n"
