@@ -26,6 +26,9 @@ class EvalConfig(DataConfig):
     discard_limit: list[float] = Field([0.2, 0.3], description="pAUC discard limits")
     max_genuine: int = Field(200_000, gt=0, description="cap on genuine comparisons")
     impostors: int = Field(500_000, gt=0, description="impostor comparisons sampled")
+    bootstrap: int = Field(
+        200, ge=0, description="identity resamples for 95% intervals of each pAUC (0: none)"
+    )
     ser_fiq_passes: int = Field(100, ge=2, description="SER-FIQ dropout passes (T)")
     ser_fiq_dropout: float = Field(0.5, gt=0, lt=1, description="SER-FIQ dropout rate")
     batch_size: int = Field(128, gt=0, description="images per model call")
@@ -64,6 +67,7 @@ class EvalConfig(DataConfig):
             discard_limits=tuple(self.discard_limit),
             max_genuine=self.max_genuine,
             impostors=self.impostors,
+            bootstrap=self.bootstrap,
             ser_fiq=SerFiq(self.ser_fiq_passes, self.ser_fiq_dropout),
             seed=self.seed,
             batch_size=self.batch_size,
@@ -91,7 +95,11 @@ def print_summary(result: dict) -> None:
             f"pAUC to discard {limit:g}, best first:"
         )
         for c in curves:
-            print(f"  {c['method']:<16} {c['pauc']:.5f}")
+            low, high = c.get("pauc_minus_vit_fiqa_ci", (None, None))
+            versus = (
+                f"  minus ViT-FIQA's: 95% CI [{low:+.5f}, {high:+.5f}]" if low is not None else ""
+            )
+            print(f"  {c['method']:<16} {c['pauc']:.5f}{versus}")
         for at in fr["at_fmr"]:
             if not at["resolvable"]:
                 print(

@@ -32,6 +32,7 @@ from pipeline.verification import fmr_threshold, verification
 RESULT_FILE = "result.json"
 PLOT_FILE = "edc.png"
 RANKING_FILE = "ranking.md"
+BOOTSTRAP_TAG = 0xB007  # RNG key of the resamples, apart from pair sampling's
 
 
 class EvaluationError(ValueError):
@@ -52,6 +53,7 @@ class EvaluationPlan:
     discard_limits: Sequence[float] = (0.2, 0.3)
     max_genuine: int = MAX_GENUINE
     impostors: int = IMPOSTORS
+    bootstrap: int = 200  # identity resamples for confidence intervals; 0: none
     ser_fiq: SerFiq = field(default_factory=SerFiq)
     seed: int = 0
     batch_size: int = 128
@@ -127,6 +129,7 @@ def evaluate(plan: EvaluationPlan) -> dict:
             "fmrs": list(plan.fmrs),
             "discard_limits": list(plan.discard_limits),
             "seed": plan.seed,
+            "bootstrap": {"resamples": plan.bootstrap, "unit": "identity", "interval": 0.95},
             "ser_fiq": {"passes": plan.ser_fiq.passes, "dropout": plan.ser_fiq.dropout},
             "edc": "ISO/IEC 29794-1 EDC: threshold fixed once per FMR on all impostors, "
             "ties discarded together, stepwise pAUC",
@@ -159,6 +162,26 @@ def comparison_scores(embeddings: np.ndarray, pairs: Pairs, chunk: int = 65536) 
     return out
 
 
+def bootstrap_weights(
+    identities: np.ndarray, pairs: Pairs, resamples: int, seed: int
+) -> np.ndarray | None:
+    """(resamples, genuine comparisons) weights: identities drawn with replacement, each
+    genuine comparison counted as often as its identity was drawn (comparisons of one
+    identity are not independent, identities are)."""
+    if resamples == 0:
+        return None
+    labels = np.unique(identities, return_inverse=True)[1]
+    count = labels.max() + 1
+    drawn = np.random.default_rng([seed, BOOTSTRAP_TAG]).multinomial(
+        count, np.full(count, 1 / count), size=resamples
+    )
+    return drawn[:, labels[pairs.first[pairs.genuine]]].astype(np.float64)
+
+
+def interval(values: np.ndarray) -> list[float]:
+    return np.percentile(values, [2.5, 97.5]).tolist()
+
+
 def comparison_curves(features: Features, pairs: Pairs, plan: EvaluationPlan) -> dict:
     """The `fr_models`, `curves` (ISO EDC) and `erc` entries of the result."""
     limit = max(plan.discard_limits)
@@ -166,6 +189,7 @@ def comparison_curves(features: Features, pairs: Pairs, plan: EvaluationPlan) ->
     pair_quality = {
         name: edc.pair_quality(q, pairs.first, pairs.second) for name, q in features.quality.items()
     }
+    weights = bootstrap_weights(features.identities, pairs, plan.bootstrap, plan.seed)
     for fr_name, embeddings in features.embeddings.items():
         scores = comparison_scores(embeddings, pairs)
         genuine, impostor = scores[pairs.genuine], scores[~pairs.genuine]
@@ -181,23 +205,31 @@ def comparison_curves(features: Features, pairs: Pairs, plan: EvaluationPlan) ->
                     "resolvable": len(impostor) * fmr >= 1,
                 }
             )
+            resampled = {}  # method -> pAUC of each bootstrap resample, paired across methods
             for method, quality in pair_quality.items():
                 curve = edc.edc(genuine, quality[pairs.genuine], threshold)
                 thin = curve.thinned()
-                curves.append(
-                    {
-                        "method": method,
-                        "fr_model": fr_name,
-                        "fmr": fmr,
-                        "threshold": threshold,
-                        "discard": thin.discard.tolist(),
-                        "fnmr": thin.fnmr.tolist(),
-                        "pauc": curve.pauc(limit),
-                        "pauc_discard_limit": limit,
-                        "pauc_at": {f"{d:g}": curve.pauc(d) for d in plan.discard_limits},
-                        "starting_error": curve.starting_error,
-                    }
-                )
+                entry = {
+                    "method": method,
+                    "fr_model": fr_name,
+                    "fmr": fmr,
+                    "threshold": threshold,
+                    "discard": thin.discard.tolist(),
+                    "fnmr": thin.fnmr.tolist(),
+                    "pauc": curve.pauc(limit),
+                    "pauc_discard_limit": limit,
+                    "pauc_at": {f"{d:g}": curve.pauc(d) for d in plan.discard_limits},
+                    "starting_error": curve.starting_error,
+                }
+                if weights is not None:
+                    resampled[method] = np.array(
+                        [
+                            edc.edc(genuine, quality[pairs.genuine], threshold, w).pauc(limit)
+                            for w in weights
+                        ]
+                    )
+                    entry["pauc_ci"] = interval(resampled[method])
+                curves.append(entry)
                 variant = edc.erc(scores, quality, pairs.genuine, fmr)
                 ercs.append(
                     {
@@ -209,6 +241,13 @@ def comparison_curves(features: Features, pairs: Pairs, plan: EvaluationPlan) ->
                         "auc": edc.trapezoid_auc(variant),
                     }
                 )
+            if weights is not None:  # each method's pAUC minus ViT-FIQA's, resample by resample
+                ours = resampled[methods.VIT_FIQA]
+                for entry in curves[-len(pair_quality) :]:
+                    if entry["method"] != methods.VIT_FIQA:
+                        entry["pauc_minus_vit_fiqa_ci"] = interval(
+                            resampled[entry["method"]] - ours
+                        )
         fr_rows.append(row)
     return {"fr_models": fr_rows, "curves": curves, "erc": ercs}
 

@@ -53,19 +53,34 @@ class Curve:
         return Curve(self.discard[first], self.fnmr[first])
 
 
-def edc(genuine_scores: np.ndarray, genuine_quality: np.ndarray, threshold: float) -> Curve:
-    """The ISO EDC of genuine comparisons (scores, pair qualities) at a fixed threshold."""
+def edc(
+    genuine_scores: np.ndarray,
+    genuine_quality: np.ndarray,
+    threshold: float,
+    weights: np.ndarray | None = None,
+) -> Curve:
+    """The ISO EDC of genuine comparisons (scores, pair qualities) at a fixed threshold.
+
+    `weights` (non-negative, one per comparison) counts each comparison that many times, as a
+    bootstrap resample does; discard fractions are then fractions of the total weight."""
     scores = np.asarray(genuine_scores, dtype=np.float64)
     quality = np.asarray(genuine_quality, dtype=np.float64)
     n = len(scores)
     if n == 0 or len(quality) != n:
         raise ValueError("edc needs one pair quality per genuine comparison, and at least one")
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     order = np.argsort(quality, kind="stable")
-    quality, non_match = quality[order], scores[order] <= threshold
-    # Discarding k comparisons is allowed where the k-th and (k+1)-th differ in quality.
+    quality, w = quality[order], w[order]
+    errors = w * (scores[order] <= threshold)
+    # Discarding the first k is allowed where the k-th and (k+1)-th differ in quality.
     cuts = np.concatenate([[0], np.flatnonzero(quality[1:] > quality[:-1]) + 1])
-    remaining_errors = np.concatenate([np.cumsum(non_match[::-1])[::-1], [0]])
-    return Curve(cuts / n, remaining_errors[cuts] / (n - cuts))
+    remaining_weight = np.cumsum(w[::-1])[::-1][cuts]
+    remaining_errors = np.cumsum(errors[::-1])[::-1][cuts]
+    left = remaining_weight > 0
+    total = remaining_weight[0]
+    return Curve(
+        (total - remaining_weight[left]) / total, remaining_errors[left] / remaining_weight[left]
+    )
 
 
 def pair_quality(quality: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:

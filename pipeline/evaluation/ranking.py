@@ -9,6 +9,13 @@ def _fmt(value: float) -> str:
     return "n/a" if value != value else f"{value:.4f}"
 
 
+def _interval(bounds: list[float] | None, signed: bool = False) -> str:
+    if bounds is None:
+        return ""
+    sign = "+" if signed else ""
+    return f"[{bounds[0]:{sign}.4f}, {bounds[1]:{sign}.4f}]"
+
+
 def ranking_markdown(result: dict) -> str:
     protocol = result["protocol"]
     limits = [f"{d:g}" for d in protocol["discard_limits"]]
@@ -20,6 +27,9 @@ def ranking_markdown(result: dict) -> str:
         f"{protocol['impostor_comparisons']:,} impostor comparisons; pair quality = min.",
         "ISO/IEC 29794-1 EDC: the threshold is fixed once at the FMR over all impostors, "
         "discard steps keep ties together, pAUC by stepwise integration. Lower is better.",
+        f"Intervals: {protocol['bootstrap']['resamples']} resamples of the identities "
+        "(percentile, the threshold kept fixed); a difference interval above 0 means "
+        "ViT-FIQA is better than that method.",
     ]
     key = lambda c: (c["fr_model"], c["fmr"])  # noqa: E731  (curves come grouped so)
     for (fr_model, fmr), group in groupby(result["curves"], key=key):
@@ -29,12 +39,16 @@ def ranking_markdown(result: dict) -> str:
             f"## {fr_model}, FMR {fmr:g} (threshold {curves[0]['threshold']:.4f}, "
             f"starting FNMR {curves[0]['starting_error']:.4f})",
             "",
-            "| rank | method | " + " | ".join(f"pAUC to {d}" for d in limits) + " |",
-            "| --- | --- | " + " | ".join("---" for _ in limits) + " |",
+            "| rank | method | "
+            + " | ".join(f"pAUC to {d}" for d in limits)
+            + f" | 95% CI (to {limits[-1]}) | minus ViT-FIQA's, 95% CI |",
+            "| --- | --- | " + " | ".join("---" for _ in limits) + " | --- | --- |",
         ]
         for rank, curve in enumerate(curves, 1):
             areas = " | ".join(_fmt(curve["pauc_at"][d]) for d in limits)
-            lines.append(f"| {rank} | {curve['method']} | {areas} |")
+            ci = _interval(curve.get("pauc_ci"))
+            versus = _interval(curve.get("pauc_minus_vit_fiqa_ci"), signed=True)
+            lines.append(f"| {rank} | {curve['method']} | {areas} | {ci} | {versus} |")
     lines += [
         "",
         "## CR-FIQA ERC variant (for comparison with published tables only)",

@@ -100,3 +100,14 @@ def test_erc_step_without_genuine_is_undefined():
     scores, genuine = np.array([0.9, 0.1]), np.array([True, False])
     curve = erc(scores, np.array([0.0, 1.0]), genuine, fmr=0.5, fractions=(0.0, 0.5))
     assert curve.fnmr[0] == 0.0 and np.isnan(curve.fnmr[1])
+
+
+def test_weights_count_comparisons_as_if_repeated():
+    rng = np.random.default_rng(3)
+    quality = rng.integers(0, 4, size=10).astype(float)  # with ties
+    weights = rng.integers(0, 3, size=10)
+    weighted = edc(SCORES, quality, 0.5, weights=weights.astype(float))
+    repeated = edc(np.repeat(SCORES, weights), np.repeat(quality, weights), 0.5)
+    for limit in (0.1, 0.3, 0.7):
+        assert weighted.pauc(limit) == pytest.approx(repeated.pauc(limit))
+    assert weighted.starting_error == pytest.approx(repeated.starting_error)

@@ -77,7 +77,7 @@ def test_fiqa_eval_ranks_methods_with_every_fr_model(tmp_path, capsys):
     out = tmp_path / "result"
     args = ["eval", "--config", str(tmp_path / "eval.yaml"), "--model", model, "--data", root]
     args += ["--format", "wds", "--out", str(out), "--ser-fiq-passes", "8"]
-    args += ["--crfiqa-model", crfiqa]
+    args += ["--crfiqa-model", crfiqa, "--bootstrap", "20"]
     assert main(args) == 0
     result = json.loads((out / "result.json").read_text())
     assert result["images"] == 22 and result["identities"] == 4
@@ -97,6 +97,10 @@ def test_fiqa_eval_ranks_methods_with_every_fr_model(tmp_path, capsys):
     for (fr, method, fmr), value in pauc.items():
         if fr == "second":
             assert pauc["second.onnx", method, fmr] == pytest.approx(value, abs=1e-6)
+    for curve in result["curves"]:  # paired identity-bootstrap intervals
+        low, high = curve["pauc_ci"]
+        assert 0 <= low <= high <= 1
+        assert ("pauc_minus_vit_fiqa_ci" in curve) == (curve["method"] != "vit-fiqa")
     EdcResult.model_validate(result)  # what `fiqa report --eval` reads
     ranking = (out / "ranking.md").read_text()
     assert "| 1 | " in ranking and "CR-FIQA ERC variant" in ranking
