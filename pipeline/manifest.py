@@ -25,6 +25,7 @@ from pyiceberg.expressions import And, EqualTo
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.transforms import IdentityTransform
 from pyiceberg.types import (
     BinaryType,
@@ -88,6 +89,26 @@ def committed_shards(table: Table, dataset: str, model_id: str) -> set[str]:
         selected_fields=("shard",),
     ).to_arrow()
     return set(pc.unique(rows["shard"]).to_pylist())
+
+
+def shards_committed_since(
+    table: Table, since: Snapshot | None, dataset: str, model_id: str
+) -> set[str]:
+    """Shards of `dataset` that scoring runs committed for `model_id` after snapshot `since`,
+    read from the new snapshots' summaries (`fiqa.shards`) after refreshing `table`; when
+    `since` is no longer an ancestor (history rewritten), from the rows themselves."""
+    table.refresh()
+    shards: set[str] = set()
+    snapshot = table.current_snapshot()
+    while snapshot is not None and (since is None or snapshot.snapshot_id != since.snapshot_id):
+        summary = snapshot.summary
+        if summary.get("fiqa.dataset") == dataset and summary.get("fiqa.model_id") == model_id:
+            shards.update(json.loads(summary.get("fiqa.shards", "[]")))
+        parent = snapshot.parent_snapshot_id
+        snapshot = table.snapshot_by_id(parent) if parent is not None else None
+    if since is not None and snapshot is None:
+        return committed_shards(table, dataset, model_id)
+    return shards
 
 
 def dataset_source(data: str, format: str, format_options: dict) -> dict:
