@@ -8,6 +8,7 @@ import sys
 
 from jobs import (
     bench,
+    curate,
     eval,
     export,
     export_onnx,
@@ -43,6 +44,7 @@ VERBS = (
     export,
     query,
     report,
+    curate,
     init_model,
     import_weights,
     export_onnx,

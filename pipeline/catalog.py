@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.exceptions import NamespaceAlreadyExistsError
 
 from pipeline.storage import StorageOptions
 
@@ -70,3 +71,15 @@ def catalog_kwargs(
     """The arguments Ray's `write_iceberg` needs to open the same catalog in its tasks."""
     config = config or CatalogConfig()
     return {"name": config.name, **config.resolved(storage)}
+
+
+def ensure_namespace(catalog: Catalog, namespace: str) -> None:
+    """Create `namespace` unless it exists. When two runs race to create it, the SQL catalog
+    raises its database's integrity error for the loser rather than NamespaceAlreadyExistsError."""
+    try:
+        catalog.create_namespace(namespace)
+    except NamespaceAlreadyExistsError:
+        pass
+    except Exception:
+        if not catalog.namespace_exists(namespace):
+            raise
