@@ -20,10 +20,12 @@ from jobs import (
     query,
     report,
     score,
+    submit,
     synth,
     train,
 )
 from jobs.config import ConfigError
+from jobs.submit import SubmitError
 from models.artifact import ArtifactError
 from models.weights import WeightsError
 from pipeline.export import ExportError
@@ -50,6 +52,7 @@ VERBS = (
     export_onnx,
     train,
     bench,
+    submit,
 )
 # Errors that are the input's fault: reported in one line, without a traceback.
 USER_ERRORS = (
@@ -63,6 +66,7 @@ USER_ERRORS = (
     QueryError,
     ReportError,
     SelectionError,
+    SubmitError,
     FileNotFoundError,
 )
 
