@@ -123,7 +123,7 @@ def curate(plan: CurationPlan, progress: Callable[[str], None] = print) -> Curat
         )
         select_and_publish(plan, policy, summary, progress)
         summary.status = SUCCEEDED
-    except Exception as e:
+    except BaseException as e:  # an interrupted run is a failed one too
         summary.status, summary.error = FAILED, f"{type(e).__name__}: {e}"
         raise
     finally:
