@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import NamespaceAlreadyExistsError
+from sqlalchemy.exc import OperationalError
 
 from pipeline.storage import StorageOptions
 
@@ -62,7 +63,15 @@ def open_catalog(
     config: CatalogConfig | None = None, storage: StorageOptions | None = None
 ) -> Catalog:
     config = config or CatalogConfig()
-    return load_catalog(config.name, **config.resolved(storage))
+    properties = config.resolved(storage)
+    try:
+        return load_catalog(config.name, **properties)
+    except OperationalError as e:
+        # Two runs opening a new SQL catalog at once both create its tables; the one that
+        # loses finds them made when it looks again.
+        if "already exists" not in str(e):
+            raise
+        return load_catalog(config.name, **properties)
 
 
 def catalog_kwargs(

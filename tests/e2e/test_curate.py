@@ -145,7 +145,6 @@ def test_overlapping_runs_neither_duplicate_nor_corrupt(ray_local, home):
     write_faces("wds", str(home / "wds"), identities=6, per_identity=5, shard_size=10)
     write_faces("parquet", str(home / "pq"), identities=2, per_identity=5, shard_size=10)
     plan = validate(CurateConfig, settings(home, report=None)).plan()
-    open_catalog()  # the embedded catalog's own tables exist before scheduled runs overlap
     results, errors, start = {}, [], threading.Barrier(2)
 
     def run(name):
