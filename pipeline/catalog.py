@@ -9,15 +9,33 @@ endpoint reaches pyiceberg's pyarrow FileIO explicitly).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 from pyiceberg.catalog import Catalog, load_catalog
-from pyiceberg.exceptions import NamespaceAlreadyExistsError
+from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError
+from pyiceberg.table import Table
 from sqlalchemy.exc import OperationalError
 
 from pipeline.storage import StorageOptions
+
+# pyiceberg retries a commit that lost a race by replaying it onto the new head. For the manifest
+# and selections that is wrong: scoring must re-check which shards the winner committed, and a
+# selection must be recomputed (a replayed overwrite would keep the winner's rows beside its
+# own). Their tables turn the replay off, so a lost race raises CommitFailedException.
+RETRIES = "commit.retry.num-retries"
+NO_REBASE = {RETRIES: "0"}
+
+
+def without_rebase(table: Table) -> Table:
+    """`table` with NO_REBASE set (tables made by older versions lack it)."""
+    if table.properties.get(RETRIES) != NO_REBASE[RETRIES]:
+        with contextlib.suppress(CommitFailedException):  # a concurrent run set it first
+            table.transaction().set_properties(NO_REBASE).commit_transaction()
+        table.refresh()
+    return table
 
 
 def fiqa_home() -> Path:

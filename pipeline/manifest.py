@@ -12,7 +12,6 @@ ever arrive together in one snapshot. That is asked of the data itself, not of a
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 
@@ -20,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
+from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.expressions import And, EqualTo
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
@@ -36,7 +35,7 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
-from pipeline.catalog import ensure_namespace
+from pipeline.catalog import NO_REBASE, ensure_namespace, without_rebase
 from pipeline.storage import parse_uri
 
 COLUMNS = (
@@ -63,10 +62,6 @@ PARTITION_SPEC = PartitionSpec(
     PartitionField(source_id=10, field_id=1001, transform=IdentityTransform(), name="model_id"),
 )
 DEFAULT_TABLE = "fiqa.manifest"
-# pyiceberg rebases an append that lost a commit race onto the new head by itself; scoring must
-# re-check which shards the winner committed instead, so the manifest turns that off.
-RETRIES = "commit.retry.num-retries"
-NO_REBASE = {RETRIES: "0"}
 
 
 def open_table(catalog: Catalog, name: str = DEFAULT_TABLE) -> Table:
@@ -75,17 +70,13 @@ def open_table(catalog: Catalog, name: str = DEFAULT_TABLE) -> Table:
     if not namespace or not table:
         raise ValueError(f"table name {name!r} must be 'namespace.table'")
     try:
-        manifest = catalog.load_table(name)
+        return without_rebase(catalog.load_table(name))
     except NoSuchTableError:
-        ensure_namespace(catalog, namespace)
-        return catalog.create_table_if_not_exists(
-            name, schema=ICEBERG_SCHEMA, partition_spec=PARTITION_SPEC, properties=NO_REBASE
-        )
-    if manifest.properties.get(RETRIES) != NO_REBASE[RETRIES]:  # made by an older version
-        with contextlib.suppress(CommitFailedException):  # a concurrent run set it first
-            manifest.transaction().set_properties(NO_REBASE).commit_transaction()
-        manifest.refresh()
-    return manifest
+        pass
+    ensure_namespace(catalog, namespace)
+    return catalog.create_table_if_not_exists(
+        name, schema=ICEBERG_SCHEMA, partition_spec=PARTITION_SPEC, properties=NO_REBASE
+    )
 
 
 def committed_shards(table: Table, dataset: str, model_id: str) -> set[str]:

@@ -8,6 +8,9 @@ overwrite: a delete snapshot, then an append snapshot) whose summaries hold `fiq
 JSON with the manifest table, model_id, policy, the summary of the rows (counts by reason,
 identities kept/dropped; `summarise`) and the sources of its datasets (URI, format, options),
 so that `fiqa export` can find the images without being told where they are.
+A write that loses a commit race to another raises CommitFailedException rather than being
+replayed onto the other's rows (NO_REBASE, pipeline/catalog.py); `fiqa curate` then filters
+again.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.types import BooleanType, FloatType, NestedField, StringType
 
-from pipeline.catalog import ensure_namespace
+from pipeline.catalog import NO_REBASE, ensure_namespace, without_rebase
 
 KEPT = "kept"
 INFO_PROPERTY = "fiqa.selection"
@@ -87,7 +90,9 @@ def write_selection(catalog: Catalog, name: str, rows: pa.Table, info: dict) -> 
     info = {**info, "summary": summary, "sources": sources}
     namespace = name.rpartition(".")[0]
     ensure_namespace(catalog, namespace)
-    table = catalog.create_table_if_not_exists(name, schema=ICEBERG_SCHEMA)
+    table = without_rebase(
+        catalog.create_table_if_not_exists(name, schema=ICEBERG_SCHEMA, properties=NO_REBASE)
+    )
     current = table.current_snapshot()
     if current is not None and not current.summary.get(INFO_PROPERTY):
         raise SelectionError(f"{name} exists and is not a selection: refusing to replace it")
