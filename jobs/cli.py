@@ -8,6 +8,7 @@ import sys
 
 from jobs import (
     bench,
+    curate,
     demo,
     eval,
     export,
@@ -20,11 +21,13 @@ from jobs import (
     query,
     report,
     score,
+    submit,
     synth,
     train,
 )
 from jobs.config import ConfigError
 from jobs.demo import DemoError
+from jobs.submit import SubmitError
 from models.artifact import ArtifactError
 from models.weights import WeightsError
 from pipeline.evaluation import EvaluationError
@@ -46,11 +49,13 @@ VERBS = (
     export,
     query,
     report,
+    curate,
     init_model,
     import_weights,
     export_onnx,
     train,
     bench,
+    submit,
     demo,
 )
 # Errors that are the input's fault: reported in one line, without a traceback.
@@ -67,6 +72,7 @@ USER_ERRORS = (
     QueryError,
     ReportError,
     SelectionError,
+    SubmitError,
     FileNotFoundError,
 )
 

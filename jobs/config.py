@@ -187,5 +187,7 @@ def register_verb(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(parser, config_cls)
-    parser.set_defaults(func=lambda args: run(config_from_args(config_cls, args)))
+    parser.set_defaults(
+        func=lambda args: run(config_from_args(config_cls, args)), config_cls=config_cls
+    )
     return parser

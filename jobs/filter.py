@@ -10,10 +10,8 @@ from pydantic import Field
 
 from jobs.config import ConfigError, JsonSummary, TableConfig, register_verb, validate
 from pipeline.catalog import open_catalog
-from pipeline.manifest import dataset_sources
-from pipeline.policy import RULES, FilterPolicy, apply_policy, unscored_datasets
-from pipeline.query import open_query
-from pipeline.selection import selection_name, write_selection
+from pipeline.policy import RULES, Filtered, FilterPolicy, filter_manifest
+from pipeline.selection import selection_name
 
 
 class FilterConfig(TableConfig, JsonSummary, FilterPolicy):
@@ -40,29 +38,25 @@ class FilterConfig(TableConfig, JsonSummary, FilterPolicy):
 
 def run(config: FilterConfig) -> None:
     policy = config.filter_policy()
+    name = selection_name(config.table, config.out)
     storage = config.storage()
     catalog = open_catalog(config.catalog, storage)
-    name = selection_name(config.table, config.out)
-    with open_query(catalog, config.table, selections=(), storage=storage) as query:
-        rows, model_id = apply_policy(query, policy)
-        unscored = unscored_datasets(query, model_id, policy.datasets)
-    info = {
-        "manifest": config.table,
-        "manifest_snapshot": query.snapshot_id,
-        "model_id": model_id,
-        "policy": policy.model_dump(exclude_none=True),
-        "sources": dataset_sources(catalog.load_table(config.table)),
-    }
-    snapshot, info = write_selection(catalog, name, rows, info)
-    summary = info["summary"]
+    result = filter_manifest(catalog, config.table, name, policy, storage)
+    print_filtered(name, result)
+    if config.json_output:
+        print(json.dumps({"selection": name, "snapshot": result.snapshot_id, **result.info}))
+
+
+def print_filtered(name: str, result: Filtered) -> None:
+    summary, model_id = result.info["summary"], result.model_id
     print(
         f"model {model_id}: {summary['images']} images of {summary['identities']} identities "
         f"in {', '.join(summary['datasets'])}"
     )
-    if unscored:
+    if result.unscored:
         print(
-            f"warning: model {model_id} has not scored {', '.join(unscored)}; those datasets "
-            "are not in the selection (choose another --model-id, or --datasets)"
+            f"warning: model {model_id} has not scored {', '.join(result.unscored)}; those "
+            "datasets are not in the selection (choose another --model-id, or --datasets)"
         )
     for rule in (*RULES, "kept"):
         if rule in summary["by_reason"]:
@@ -71,9 +65,7 @@ def run(config: FilterConfig) -> None:
         f"kept {summary['kept']} images and {summary['identities_kept']} identities; dropped "
         f"{summary['dropped']} images and {summary['identities_dropped']} identities"
     )
-    print(f"selection: {name} (snapshot {snapshot})")
-    if config.json_output:
-        print(json.dumps({"selection": name, "snapshot": snapshot, **info}))
+    print(f"selection: {name} (snapshot {result.snapshot_id})")
 
 
 def register(subparsers) -> None:

@@ -8,18 +8,16 @@ import posixpath
 
 from pydantic import Field, field_validator
 
-from jobs.config import DataConfig, JsonSummary, TableConfig, register_verb
+from jobs.config import DataConfig, JobConfig, JsonSummary, TableConfig, register_verb
 from pipeline.scoring import ScoringPlan, score
 from pipeline.storage import parse_uri
 
 log = logging.getLogger(__name__)
 
 
-class ScoreConfig(DataConfig, TableConfig, JsonSummary):
-    model: str = Field(description="model artifact URI")
-    dataset: str | None = Field(
-        None, description="dataset name in the manifest (default: the last part of --data)"
-    )
+class ScorerSettings(JobConfig):
+    """How a scoring run uses the cluster: shared by `fiqa score` and `fiqa curate`."""
+
     with_embeddings: bool = Field(False, description="also store FR embeddings (float16)")
     batch_size: int = Field(128, gt=0, description="images per model call")
     decode_batch_size: int = Field(256, gt=0, description="images per decode task call")
@@ -39,15 +37,10 @@ class ScoreConfig(DataConfig, TableConfig, JsonSummary):
             raise ValueError("MIN must not exceed MAX")
         return value
 
-    def plan(self) -> ScoringPlan:
+    def scoring_plan(self, **where) -> ScoringPlan:
+        """The plan for these settings; `where` names the model, data, table and catalog."""
         low, _, high = self.actors.partition(",")
         return ScoringPlan(
-            model=self.model,
-            data=self.data,
-            format=self.format,
-            table=self.table,
-            dataset=self.dataset or posixpath.basename(parse_uri(self.data).path),
-            format_options=self.format_options,
             with_embeddings=self.with_embeddings,
             batch_size=self.batch_size,
             decode_batch_size=self.decode_batch_size,
@@ -56,6 +49,24 @@ class ScoreConfig(DataConfig, TableConfig, JsonSummary):
             gpus_per_actor=self.gpus_per_actor,
             threads_per_actor=self.threads_per_actor,
             commit_every=self.commit_every,
+            **where,
+        )
+
+
+class ScoreConfig(DataConfig, TableConfig, JsonSummary, ScorerSettings):
+    model: str = Field(description="model artifact URI")
+    dataset: str | None = Field(
+        None, description="dataset name in the manifest (default: the last part of --data)"
+    )
+
+    def plan(self) -> ScoringPlan:
+        return self.scoring_plan(
+            model=self.model,
+            data=self.data,
+            format=self.format,
+            table=self.table,
+            dataset=self.dataset or posixpath.basename(parse_uri(self.data).path),
+            format_options=self.format_options,
             storage=self.storage(),
             catalog=self.catalog,
         )

@@ -9,13 +9,33 @@ endpoint reaches pyiceberg's pyarrow FileIO explicitly).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError
+from pyiceberg.table import Table
+from sqlalchemy.exc import OperationalError
 
 from pipeline.storage import StorageOptions
+
+# pyiceberg retries a commit that lost a race by replaying it onto the new head. For the manifest
+# and selections that is wrong: scoring must re-check which shards the winner committed, and a
+# selection must be recomputed (a replayed overwrite would keep the winner's rows beside its
+# own). Their tables turn the replay off, so a lost race raises CommitFailedException.
+RETRIES = "commit.retry.num-retries"
+NO_REBASE = {RETRIES: "0"}
+
+
+def without_rebase(table: Table) -> Table:
+    """`table` with NO_REBASE set (tables made by older versions lack it)."""
+    if table.properties.get(RETRIES) != NO_REBASE[RETRIES]:
+        with contextlib.suppress(CommitFailedException):  # a concurrent run set it first
+            table.transaction().set_properties(NO_REBASE).commit_transaction()
+        table.refresh()
+    return table
 
 
 def fiqa_home() -> Path:
@@ -61,7 +81,15 @@ def open_catalog(
     config: CatalogConfig | None = None, storage: StorageOptions | None = None
 ) -> Catalog:
     config = config or CatalogConfig()
-    return load_catalog(config.name, **config.resolved(storage))
+    properties = config.resolved(storage)
+    try:
+        return load_catalog(config.name, **properties)
+    except OperationalError as e:
+        # Two runs opening a new SQL catalog at once both create its tables; the one that
+        # loses finds them made when it looks again.
+        if "already exists" not in str(e):
+            raise
+        return load_catalog(config.name, **properties)
 
 
 def catalog_kwargs(
@@ -70,3 +98,15 @@ def catalog_kwargs(
     """The arguments Ray's `write_iceberg` needs to open the same catalog in its tasks."""
     config = config or CatalogConfig()
     return {"name": config.name, **config.resolved(storage)}
+
+
+def ensure_namespace(catalog: Catalog, namespace: str) -> None:
+    """Create `namespace` unless it exists. When two runs race to create it, the SQL catalog
+    raises its database's integrity error for the loser rather than NamespaceAlreadyExistsError."""
+    try:
+        catalog.create_namespace(namespace)
+    except NamespaceAlreadyExistsError:
+        pass
+    except Exception:
+        if not catalog.namespace_exists(namespace):
+            raise

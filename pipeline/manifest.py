@@ -12,7 +12,6 @@ ever arrive together in one snapshot. That is asked of the data itself, not of a
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 
@@ -20,11 +19,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
+from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.expressions import And, EqualTo
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.transforms import IdentityTransform
 from pyiceberg.types import (
     BinaryType,
@@ -35,6 +35,7 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
+from pipeline.catalog import NO_REBASE, ensure_namespace, without_rebase
 from pipeline.storage import parse_uri
 
 COLUMNS = (
@@ -69,13 +70,12 @@ def open_table(catalog: Catalog, name: str = DEFAULT_TABLE) -> Table:
     if not namespace or not table:
         raise ValueError(f"table name {name!r} must be 'namespace.table'")
     try:
-        return catalog.load_table(name)
+        return without_rebase(catalog.load_table(name))
     except NoSuchTableError:
         pass
-    with contextlib.suppress(NamespaceAlreadyExistsError):
-        catalog.create_namespace(namespace)
+    ensure_namespace(catalog, namespace)
     return catalog.create_table_if_not_exists(
-        name, schema=ICEBERG_SCHEMA, partition_spec=PARTITION_SPEC
+        name, schema=ICEBERG_SCHEMA, partition_spec=PARTITION_SPEC, properties=NO_REBASE
     )
 
 
@@ -88,6 +88,26 @@ def committed_shards(table: Table, dataset: str, model_id: str) -> set[str]:
         selected_fields=("shard",),
     ).to_arrow()
     return set(pc.unique(rows["shard"]).to_pylist())
+
+
+def shards_committed_since(
+    table: Table, since: Snapshot | None, dataset: str, model_id: str
+) -> set[str]:
+    """Shards of `dataset` that scoring runs committed for `model_id` after snapshot `since`,
+    read from the new snapshots' summaries (`fiqa.shards`) after refreshing `table`; when
+    `since` is no longer an ancestor (history rewritten), from the rows themselves."""
+    table.refresh()
+    shards: set[str] = set()
+    snapshot = table.current_snapshot()
+    while snapshot is not None and (since is None or snapshot.snapshot_id != since.snapshot_id):
+        summary = snapshot.summary
+        if summary.get("fiqa.dataset") == dataset and summary.get("fiqa.model_id") == model_id:
+            shards.update(json.loads(summary.get("fiqa.shards", "[]")))
+        parent = snapshot.parent_snapshot_id
+        snapshot = table.snapshot_by_id(parent) if parent is not None else None
+    if since is not None and snapshot is None:
+        return committed_shards(table, dataset, model_id)
+    return shards
 
 
 def dataset_source(data: str, format: str, format_options: dict) -> dict:

@@ -24,10 +24,15 @@ over rows), so it runs where the query layer runs and scales with DuckDB.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from dataclasses import dataclass
 
-from pipeline.query import ManifestQuery, QueryError, sql_literal
-from pipeline.selection import KEPT
+from pydantic import BaseModel, ConfigDict, Field
+from pyiceberg.catalog import Catalog
+
+from pipeline.manifest import dataset_sources
+from pipeline.query import ManifestQuery, QueryError, open_query, sql_literal
+from pipeline.selection import KEPT, write_selection
+from pipeline.storage import StorageOptions
 
 RULES = (
     "status",
@@ -171,3 +176,34 @@ def apply_policy(query: ManifestQuery, policy: FilterPolicy):
             + (f" in datasets {', '.join(policy.datasets)}" if policy.datasets else "")
         )
     return rows, model_id
+
+
+@dataclass(frozen=True)
+class Filtered:
+    snapshot_id: int  # of the selection
+    info: dict  # what the selection recorded (pipeline/selection.py)
+    model_id: str
+    unscored: list[str]  # datasets in scope that model_id has not scored
+
+
+def filter_manifest(
+    catalog: Catalog,
+    table: str,
+    name: str,
+    policy: FilterPolicy,
+    storage: StorageOptions | None = None,
+) -> Filtered:
+    """Apply `policy` to the current snapshot of manifest `table` and replace selection `name`
+    (a full table name) with the result."""
+    with open_query(catalog, table, selections=(), storage=storage) as query:
+        rows, model_id = apply_policy(query, policy)
+        unscored = unscored_datasets(query, model_id, policy.datasets)
+    info = {
+        "manifest": table,
+        "manifest_snapshot": query.snapshot_id,
+        "model_id": model_id,
+        "policy": policy.model_dump(exclude_none=True),
+        "sources": dataset_sources(catalog.load_table(table)),
+    }
+    snapshot, info = write_selection(catalog, name, rows, info)
+    return Filtered(snapshot, info, model_id, unscored)

@@ -3,7 +3,8 @@
 The snapshot's data files are handed to DuckDB as a pyarrow dataset (through our storage
 layer, so s3 endpoints and credentials apply), so DuckDB reads only the columns and row
 groups a query needs and never a whole manifest into memory. The manifest is exposed as
-`manifest`; selections (tables written by `fiqa filter`) by their bare names.
+`manifest`; selections (tables written by `fiqa filter`) and curation run logs (written by
+`fiqa curate`) by their bare names.
 
 Read-only twice over: a statement must be a single SELECT, and the DuckDB connection runs with
 external access disabled and its configuration locked, so no query can read or write files,
@@ -26,6 +27,8 @@ from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.table import Table
 
 from pipeline.manifest import ARROW_SCHEMA
+from pipeline.runlog import ARROW_SCHEMA as RUN_LOG_SCHEMA
+from pipeline.runlog import RECORD_PROPERTY
 from pipeline.selection import ARROW_SCHEMA as SELECTION_SCHEMA
 from pipeline.selection import INFO_PROPERTY
 from pipeline.storage import StorageOptions, arrow_filesystem, parse_uri
@@ -91,13 +94,14 @@ def resolve_snapshot(
     return current.snapshot_id if current else None
 
 
-def selection_tables(catalog: Catalog, namespace: str) -> list[str]:
-    """Full names of the tables in `namespace` that `fiqa filter` wrote."""
+def tables_marked(catalog: Catalog, namespace: str, marker: str) -> list[str]:
+    """Full names of the tables in `namespace` whose current snapshot has property `marker`:
+    INFO_PROPERTY for the selections `fiqa filter` wrote, RECORD_PROPERTY for run logs."""
     names = []
     for identifier in catalog.list_tables(namespace):
         name = ".".join(identifier)
         snapshot = catalog.load_table(name).current_snapshot()
-        if snapshot is not None and snapshot.summary.get(INFO_PROPERTY):
+        if snapshot is not None and snapshot.summary.get(marker):
             names.append(name)
     return sorted(names)
 
@@ -159,15 +163,18 @@ def open_query(
     as_of: datetime.datetime | None = None,
     storage: StorageOptions | None = None,
 ) -> ManifestQuery:
-    """`selections`: full table names to expose as well; None exposes every selection in the
-    manifest's namespace. Selections are read at their current snapshot."""
+    """`selections`: full table names to expose as well; None exposes every selection and run
+    log in the manifest's namespace. Selections are read at their current snapshot."""
     try:
         table = catalog.load_table(manifest_table)
     except NoSuchTableError:
         raise QueryError(f"no manifest table {manifest_table!r}") from None
     snapshot = resolve_snapshot(table, snapshot_id, as_of)
+    run_logs: list[str] = []
     if selections is None:
-        selections = selection_tables(catalog, manifest_table.rpartition(".")[0])
+        namespace = manifest_table.rpartition(".")[0]
+        selections = tables_marked(catalog, namespace, INFO_PROPERTY)
+        run_logs = tables_marked(catalog, namespace, RECORD_PROPERTY)
     # DuckDB's own spill files go to a private folder removed on close, not the working one.
     spill = tempfile.TemporaryDirectory(prefix="fiqa-query-")
     connection = duckdb.connect(config={**_SANDBOX, "temp_directory": spill.name})
@@ -186,5 +193,12 @@ def open_query(
             selection, SELECTION_SCHEMA, current and current.snapshot_id, storage
         )
         connection.register(bare, dataset)
+        relations.append(bare)
+    for name in run_logs:
+        log = catalog.load_table(name)
+        bare = name.rpartition(".")[2]
+        connection.register(
+            bare, snapshot_dataset(log, RUN_LOG_SCHEMA, log.current_snapshot().snapshot_id, storage)
+        )
         relations.append(bare)
     return ManifestQuery(connection, manifest_table, snapshot, tuple(relations), spill)

@@ -22,8 +22,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 import torch
+from pyiceberg.exceptions import CommitFailedException
+from ray.data._internal.datasource.iceberg_datasink import IcebergDatasink
 
 from models.artifact import CONFIG_FILE, ArtifactError, InputSpec, load_artifact
 from pipeline.catalog import CatalogConfig, catalog_kwargs, open_catalog
@@ -37,6 +40,7 @@ from pipeline.manifest import (
     dataset_source,
     embedding_bytes,
     open_table,
+    shards_committed_since,
 )
 from pipeline.storage import StorageError, StorageOptions, filesystem
 
@@ -45,6 +49,8 @@ log = logging.getLogger(__name__)
 # Fault injection for tests: when this variable names a file that does not exist yet, the
 # first scorer call creates it and kills its process, once, to exercise actor restarts.
 FAULT_ENV = "FIQA_TEST_SCORER_EXIT_ONCE"
+# A group whose commit loses to a concurrent writer is retried on the new head this often.
+COMMIT_ATTEMPTS = 5
 
 
 def artifact_config(model_uri: str, storage: StorageOptions | None = None) -> dict:
@@ -212,6 +218,37 @@ def manifest_rows(
     )
 
 
+class ScoringError(RuntimeError):
+    """A scoring run that could not commit its work."""
+
+
+class ManifestSink(IcebergDatasink):
+    """Ray's Iceberg sink, appending only onto the snapshot the driver checked for committed
+    shards. The commit itself asserts that the branch is still where the sink loaded it at
+    write start; refusing any other start closes the gap between the check and that load.
+    Either way a lost race raises CommitFailedException and nothing is appended."""
+
+    def __init__(self, table: str, *, base_snapshot: int | None, **kwargs):
+        super().__init__(table, **kwargs)
+        self.base_snapshot = base_snapshot
+
+    def on_write_start(self, schema: pa.Schema | None = None) -> None:
+        super().on_write_start(schema)
+        if self._table.metadata.current_snapshot_id != self.base_snapshot:
+            raise CommitFailedException(f"{self.table_identifier} changed since it was checked")
+
+
+def _only_shards(batch: pa.Table, keys: list[str]) -> pa.Table:
+    return batch.filter(pc.is_in(batch["shard"], pa.array(keys, pa.string())))
+
+
+def only_shards(rows: ray.data.MaterializedDataset, keys: list[str]):
+    """The materialised rows of the shards `keys` only."""
+    return rows.map_batches(
+        _only_shards, fn_kwargs={"keys": keys}, batch_format="pyarrow"
+    ).materialize()
+
+
 @ray.remote(num_cpus=0)
 def _block_statuses(block: pa.Table) -> Counter[str]:
     return Counter(block["status"].to_pylist())
@@ -247,24 +284,57 @@ def score(plan: ScoringPlan, on_commit: Callable[[str], None] = print) -> Scorin
     source = dataset_source(plan.data, plan.format, plan.format_options)
     statuses: Counter[str] = Counter()
     groups = [todo[i : i + plan.commit_every] for i in range(0, len(todo), plan.commit_every)]
+    checked = table.current_snapshot()
     for number, group in enumerate(groups, 1):
-        rows = manifest_rows(plan, group, summary.run_id, options).materialize()
-        counts = status_counts(rows)
-        keys = [s.key for s in group]
-        rows.write_iceberg(
-            plan.table,
-            catalog_kwargs=catalog_kwargs(plan.catalog, plan.storage),
-            snapshot_properties={
-                "fiqa.run_id": summary.run_id,
-                "fiqa.model_id": model_id,
-                "fiqa.dataset": plan.dataset,
-                "fiqa.source": json.dumps(source, sort_keys=True),
-                "fiqa.shards": json.dumps(keys),
-                "fiqa.statuses": json.dumps(counts, sort_keys=True),
-            },
-        )
+        keys, rows = [s.key for s in group], None
+        for _attempt in range(COMMIT_ATTEMPTS):
+            # Another run may be scoring this dataset too: skip what it committed meanwhile.
+            done |= shards_committed_since(table, checked, plan.dataset, model_id)
+            checked = table.current_snapshot()
+            taken = [k for k in keys if k in done]
+            if taken:
+                keys = [k for k in keys if k not in done]
+                summary.shards_skipped += len(taken)
+                on_commit(
+                    f"commit {number}/{len(groups)}: {len(taken)} shards were committed by "
+                    "another run meanwhile"
+                )
+            if not keys:
+                break
+            if rows is None:
+                wanted = [s for s in group if s.key in keys]
+                rows = manifest_rows(plan, wanted, summary.run_id, options).materialize()
+            elif taken:
+                rows = only_shards(rows, keys)
+            counts = status_counts(rows)
+            sink = ManifestSink(
+                plan.table,
+                base_snapshot=checked.snapshot_id if checked else None,
+                catalog_kwargs=catalog_kwargs(plan.catalog, plan.storage),
+                snapshot_properties={
+                    "fiqa.run_id": summary.run_id,
+                    "fiqa.model_id": model_id,
+                    "fiqa.dataset": plan.dataset,
+                    "fiqa.source": json.dumps(source, sort_keys=True),
+                    "fiqa.shards": json.dumps(keys),
+                    "fiqa.statuses": json.dumps(counts, sort_keys=True),
+                },
+            )
+            try:
+                rows.write_datasink(sink)
+                break
+            except CommitFailedException:
+                on_commit(f"commit {number}/{len(groups)}: the table changed meanwhile; retrying")
+        else:
+            raise ScoringError(
+                f"{plan.table}: {COMMIT_ATTEMPTS} commits in a row lost to concurrent writers"
+            )
+        if not keys:
+            continue
         table.refresh()
-        snapshot = table.current_snapshot().snapshot_id
+        checked = table.current_snapshot()
+        snapshot = checked.snapshot_id
+        done |= set(keys)
         summary.snapshots.append(snapshot)
         summary.shards_scored.extend(keys)
         statuses.update(counts)

@@ -8,23 +8,27 @@ overwrite: a delete snapshot, then an append snapshot) whose summaries hold `fiq
 JSON with the manifest table, model_id, policy, the summary of the rows (counts by reason,
 identities kept/dropped; `summarise`) and the sources of its datasets (URI, format, options),
 so that `fiqa export` can find the images without being told where they are.
+A write that loses a commit race to another raises CommitFailedException rather than being
+replayed onto the other's rows (NO_REBASE, pipeline/catalog.py); `fiqa curate` then filters
+again.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
+from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.expressions import AlwaysTrue, EqualTo
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.types import BooleanType, FloatType, NestedField, StringType
+
+from pipeline.catalog import NO_REBASE, ensure_namespace, without_rebase
 
 KEPT = "kept"
 INFO_PROPERTY = "fiqa.selection"
@@ -85,9 +89,10 @@ def write_selection(catalog: Catalog, name: str, rows: pa.Table, info: dict) -> 
     sources = {d: s for d, s in info.get("sources", {}).items() if d in summary["datasets"]}
     info = {**info, "summary": summary, "sources": sources}
     namespace = name.rpartition(".")[0]
-    with contextlib.suppress(NamespaceAlreadyExistsError):
-        catalog.create_namespace(namespace)
-    table = catalog.create_table_if_not_exists(name, schema=ICEBERG_SCHEMA)
+    ensure_namespace(catalog, namespace)
+    table = without_rebase(
+        catalog.create_table_if_not_exists(name, schema=ICEBERG_SCHEMA, properties=NO_REBASE)
+    )
     current = table.current_snapshot()
     if current is not None and not current.summary.get(INFO_PROPERTY):
         raise SelectionError(f"{name} exists and is not a selection: refusing to replace it")
@@ -115,6 +120,12 @@ def _current(catalog: Catalog, name: str) -> tuple[Table, Snapshot, dict]:
 def selection_info(catalog: Catalog, name: str) -> dict:
     """What `fiqa filter` recorded of selection `name`, without reading its rows."""
     return _current(catalog, name)[2]
+
+
+def selection_head(catalog: Catalog, name: str) -> tuple[int, dict]:
+    """Selection `name`'s current snapshot id and what was recorded with it."""
+    _, snapshot, info = _current(catalog, name)
+    return snapshot.snapshot_id, info
 
 
 def load_selection(

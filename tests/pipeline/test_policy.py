@@ -162,3 +162,22 @@ def test_nan_is_no_quality_and_unlabelled_rows_belong_to_no_identity(tmp_path):
         "u2": "kept",
     }
     assert out["quality"].null_count == 1
+
+
+def test_a_selection_write_that_loses_a_race_fails_instead_of_doubling(tmp_path):
+    from pyiceberg.exceptions import CommitFailedException
+
+    from pipeline.policy import filter_manifest
+    from pipeline.selection import load_selection
+
+    catalog = sqlite_catalog(tmp_path)
+    rows = [{"image_id": f"x{i}", "identity": "X", "quality": i / 10} for i in range(5)]
+    write_manifest(catalog, "ns.manifest", manifest_rows(rows))
+    policy = FilterPolicy(top_k_per_identity=2)
+    filter_manifest(catalog, "ns.manifest", "ns.top", policy)
+    stale = catalog.load_table("ns.top")  # a run that read the table before another wrote it
+    filter_manifest(catalog, "ns.manifest", "ns.top", policy)
+    with pytest.raises(CommitFailedException):  # not replayed onto the other run's rows
+        stale.overwrite(stale.scan().to_arrow())
+    selection = load_selection(catalog, "ns.top")
+    assert selection.rows.num_rows == 5 and selection.info["summary"]["kept"] == 2

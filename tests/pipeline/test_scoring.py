@@ -1,4 +1,5 @@
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
@@ -134,3 +135,50 @@ def test_a_relative_fiqa_home_is_taken_from_the_working_directory(tmp_path, monk
     props = CatalogConfig().resolved()
     assert props["uri"] == f"sqlite:///{tmp_path}/relative/home/catalog.db"
     assert props["warehouse"] == (tmp_path / "relative/home/warehouse").as_uri()
+
+
+def test_a_commit_lost_to_another_run_drops_its_shards_and_retries(ray_local, home, monkeypatch):
+    import json
+
+    from pipeline import scoring
+    from tests.manifests import manifest_rows
+
+    data = str(home / "wds")
+    write_faces("wds", data, identities=4, per_identity=10, shard_size=10)
+    model = artifact(home / "m")
+    model_id = scoring.artifact_config(model)["model_id"]
+    counted = scoring.status_counts
+    calls = []
+
+    def another_run_commits_first(rows):
+        # Between this run's check and its commit, another run commits the group's first shard.
+        if not calls:
+            other = manifest_rows(
+                [{"image_id": "shard-000000.tar/x", "dataset": "faces", "run_id": "other"}],
+                model_id,
+            )
+            table = open_table(open_catalog(), "fiqa.manifest")
+            table.append(
+                other.set_column(2, "shard", pa.array(["shard-000000.tar"])),
+                snapshot_properties={
+                    "fiqa.dataset": "faces",
+                    "fiqa.model_id": model_id,
+                    "fiqa.shards": json.dumps(["shard-000000.tar"]),
+                },
+            )
+        calls.append(rows.count())
+        return counted(rows)
+
+    monkeypatch.setattr(scoring, "status_counts", another_run_commits_first)
+    lines = []
+    summary = score(plan(home, model, data, commit_every=2), on_commit=lines.append)
+    assert calls == [20, 10, 20], "the lost group is recounted without the winner's shard"
+    assert any("1 shards were committed by another run" in line for line in lines)
+    assert summary.shards_skipped == 1 and summary.images == 30
+    assert sorted(summary.shards_scored) == [f"shard-00000{i}.tar" for i in (1, 2, 3)]
+    rows = manifest()
+    mine = rows.filter(pc.equal(rows["run_id"], summary.run_id))
+    assert mine.num_rows == 30 and "shard-000000.tar" not in mine["shard"].to_pylist()
+    assert rows.num_rows == 31
+    # pyiceberg must not rebase a lost append by itself: scoring re-checks shards instead.
+    assert open_table(open_catalog(), "fiqa.manifest").properties["commit.retry.num-retries"] == "0"
