@@ -64,6 +64,12 @@ def fiqa(command: str, capture: bool = False) -> str:
     tee = _Tee(sys.stdout)
     with contextlib.redirect_stdout(tee) if capture else contextlib.nullcontext():
         code = main(shlex.split(command))
+    import ray
+
+    # As if each command ran on its own: otherwise Ray keeps relaying a finished command's
+    # worker output (training's, above all) into the next command's.
+    if ray.is_initialized():
+        ray.shutdown()
     if code:
         verb = command.split()[0]
         raise DemoError(f"'fiqa {verb}' failed (exit code {code}); see its message above")
