@@ -30,7 +30,7 @@ MARKER = ".fiqa-demo"  # a folder holding it was made by the demo and may be rep
 TABLE = "demo.manifest"
 
 # (train identities, images each, epochs; eval identities, images each)
-SIZES = {"full": (200, 20, 12, 60, 10), "quick": (40, 12, 2, 12, 8)}
+SIZES = {"full": (200, 20, 9, 60, 10), "quick": (40, 12, 2, 12, 8)}
 
 
 class DemoError(RuntimeError):
