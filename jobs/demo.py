@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import ray
+import ray.data
 from pydantic import Field
 
 from jobs.config import JobConfig, register_verb
@@ -64,8 +66,6 @@ def fiqa(command: str, capture: bool = False) -> str:
     tee = _Tee(sys.stdout)
     with contextlib.redirect_stdout(tee) if capture else contextlib.nullcontext():
         code = main(shlex.split(command))
-    import ray
-
     # As if each command ran on its own: otherwise Ray keeps relaying a finished command's
     # worker output (training's, above all) into the next command's.
     if ray.is_initialized():
@@ -90,9 +90,9 @@ def run(config: DemoConfig) -> None:
     out = Path(config.out).absolute()
     prepare(out)
     os.environ["FIQA_HOME"] = str(out / "fiqa-home")  # the demo's own catalog and warehouse
-    # Ray Data's per-operator bars, relayed late from worker processes, redraw over the
-    # commands' own output; each command still prints its progress.
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    # Ray Data's per-operator bars, relayed from worker processes, stay open in this process
+    # and redraw over later commands' output; each command still prints its own progress.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     ids, per_id, epochs, eval_ids, eval_per_id = SIZES["quick" if config.quick else "full"]
     d, t = shlex.quote(str(out)), TABLE
 

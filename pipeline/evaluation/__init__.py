@@ -103,7 +103,6 @@ def evaluate(plan: EvaluationPlan) -> dict:
             storage=plan.storage,
             format_options=plan.format_options,
             batch_size=plan.batch_size,
-            seed=plan.seed,
         )
         pairs = comparison_pairs(
             features.identities,

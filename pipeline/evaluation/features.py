@@ -45,7 +45,8 @@ class SerFiq:
 
 
 class FeaturePass:
-    """Accumulates features batch by batch; `own_fr` names the evaluated model's head."""
+    """Accumulates features batch by batch; `own_fr` names the evaluated (token-mode) model's
+    FR head."""
 
     def __init__(
         self,
@@ -64,7 +65,7 @@ class FeaturePass:
         if crfiqa is not None:
             crfiqa.model.eval()
             self.crfiqa_options = DecodeOptions.from_input_spec(crfiqa.input)
-        self.ser_fiq = ser_fiq
+        self.ser_fiq, self.seed = ser_fiq, seed
         self.generator = torch.Generator().manual_seed(seed)
         self.ids: list[str] = []
         self.identities: list[str] = []
@@ -77,11 +78,11 @@ class FeaturePass:
     @torch.inference_mode()
     def add(self, rows: list[dict], pixels: np.ndarray) -> None:
         model = self.model
+        # ViTFIQA.forward of a token-mode model, opened up: SER-FIQ needs the FR head's input.
         tokens = model.forward_tokens(to_model_input(pixels, self.options))
-        fr_input = (tokens[:, 1:] if model.config.mode == "token" else tokens).flatten(1)
+        fr_input = tokens[:, 1:].flatten(1)
         embedding = model.feature(fr_input)
-        quality_in = tokens[:, 0] if model.config.mode == "token" else embedding
-        self._add(self.quality, methods.VIT_FIQA, model.head_qs(quality_in).squeeze(1).float())
+        self._add(self.quality, methods.VIT_FIQA, model.head_qs(tokens[:, 0]).squeeze(1).float())
         self._add(self.embeddings, self.own_fr, embedding.float())
         if "embedding-norm" in self.wanted:
             self._add(self.quality, "embedding-norm", embedding.float().norm(dim=1))
@@ -106,12 +107,12 @@ class FeaturePass:
         self.ids.extend(r["image_id"] for r in rows)
         self.identities.extend(r["identity"] for r in rows)
 
-    def result(self, statuses: Counter[str], seed: int) -> Features:
+    def result(self, statuses: Counter[str]) -> Features:
         if not self.ids:
             raise ValueError("no readable labelled images")
         quality = {k: np.concatenate(v).astype(np.float64) for k, v in self.quality.items()}
         if "random" in self.wanted:
-            quality["random"] = np.random.default_rng(seed).random(len(self.ids))
+            quality["random"] = np.random.default_rng(self.seed).random(len(self.ids))
         embeddings = {}
         for name, parts in self.embeddings.items():
             e = np.concatenate(parts).astype(np.float32)
@@ -133,7 +134,6 @@ def compute_features(
     storage: StorageOptions | None = None,
     format_options: dict | None = None,
     batch_size: int = 128,
-    seed: int = 0,
 ) -> Features:
     data_fs, root = filesystem(data, storage)
     shards = get_format(format_name, **(format_options or {})).list_shards(data_fs, root)
@@ -164,4 +164,4 @@ def compute_features(
                         flush()
         if pending:
             flush()
-    return features.result(statuses, seed)
+    return features.result(statuses)
