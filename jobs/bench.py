@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 
 import torch
 from pydantic import Field
 
 from jobs.config import JobConfig, PresetName, register_verb
+from jobs.score import ScorerSettings
 from models.presets import Mode
 from models.vit_fiqa import create_model
 from pipeline.benchmark import bench_decode, bench_model, bench_score, bench_synth
+from pipeline.catalog import CatalogConfig
+from pipeline.scoring import ScoringPlan
 
 
 class BenchModelConfig(JobConfig):
@@ -102,8 +104,8 @@ def register(subparsers) -> None:
         "score",
         BenchScoreConfig,
         run_score,
-        summary="fiqa score's pipeline vs a bare loop on the same images; peak memory",
-        example="fiqa bench score --images 20000",
+        summary="fiqa score with its defaults vs a bare loop on the same images; peak memory",
+        example="fiqa bench score --commit-every 4",
     )
     register_verb(
         what,
@@ -123,30 +125,31 @@ def register(subparsers) -> None:
     )
 
 
-class BenchScoreConfig(JobConfig):
-    images: int = Field(20_000, gt=0, description="images to score")
+class BenchScoreConfig(ScorerSettings):
+    """`fiqa score`'s own settings, with its defaults, plus the benchmark's data."""
+
+    images: int = Field(64_000, gt=0, description="images to score")
+    shard_size: int = Field(1000, gt=0, description="images per WebDataset shard")
     preset: PresetName = Field("vit-fiqa-cpu", description="architecture preset")
-    batch_size: int = Field(128, gt=0, description="images per model call")
-    actors: int = Field(1, gt=0, description="scorer actors")
-    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per scorer actor")
-    # Reads and decodes are light, so one actor using every core's thread is fastest here.
-    threads_per_actor: int | None = Field(
-        os.cpu_count(), ge=1, description="torch threads per actor"
-    )
     baseline: bool = Field(True, description="also time the bare single-process loop")
 
 
 def run_score(config: BenchScoreConfig) -> None:
-    import ray
+    def plan_for(model: str, data: str, catalog: CatalogConfig) -> ScoringPlan:
+        return config.scoring_plan(
+            model=model,
+            data=data,
+            format="wds",
+            table="bench.manifest",
+            dataset="bench",
+            catalog=catalog,
+        )
 
-    ray.init(ignore_reinit_error=True, log_to_driver=False)
     result = bench_score(
+        plan_for,
         config.images,
         config.preset,
-        batch_size=config.batch_size,
-        actors=(config.actors, config.actors),
-        cpus_per_actor=config.cpus_per_actor,
-        threads_per_actor=config.threads_per_actor,
+        shard_size=config.shard_size,
         baseline=config.baseline,
     )
     print(json.dumps(result))

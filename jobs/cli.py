@@ -18,6 +18,7 @@ from jobs import (
     index,
     init_model,
     inspect,
+    maintain,
     query,
     report,
     score,
@@ -32,6 +33,7 @@ from models.artifact import ArtifactError
 from models.weights import WeightsError
 from pipeline.evaluation import EvaluationError
 from pipeline.export import ExportError
+from pipeline.maintenance import MaintenanceError
 from pipeline.policy import PolicyError
 from pipeline.query import QueryError
 from pipeline.report import ReportError
@@ -50,6 +52,7 @@ VERBS = (
     query,
     report,
     curate,
+    maintain,
     init_model,
     import_weights,
     export_onnx,
@@ -68,6 +71,7 @@ USER_ERRORS = (
     TrainingError,
     EvaluationError,
     ExportError,
+    MaintenanceError,
     PolicyError,
     QueryError,
     ReportError,

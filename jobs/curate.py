@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from jobs.config import JobConfig, JsonSummary, TableConfig, register_verb
+from jobs.maintain import MaintenanceSettings
 from jobs.score import ScorerSettings
 from pipeline.curation import CurationPlan, curate
 from pipeline.export import ExportPlan, ExportTarget
@@ -60,6 +61,12 @@ class CurateConfig(TableConfig, JsonSummary, ScorerSettings):
     )
     report: str | None = Field(None, description="folder each selection's report goes under")
     run_log: str = Field("curation_runs", description="run-log table (bare: beside the manifest)")
+    maintain: MaintenanceSettings | None = Field(
+        None,
+        description="maintain the manifest table after the outputs are written, as 'fiqa "
+        "maintain': keep_last, expire_older_than, orphan_older_than, target_file_mb (YAML only)",
+        json_schema_extra=YAML_ONLY,
+    )
 
     @model_validator(mode="after")
     def distinct_names(self) -> CurateConfig:
@@ -105,6 +112,7 @@ class CurateConfig(TableConfig, JsonSummary, ScorerSettings):
             else f"{self.table.rpartition('.')[0]}.{self.run_log}",
             export=export,
             report=self.report,
+            maintenance=self.maintain and self.maintain.maintenance_plan(),
             storage=storage,
             catalog=self.catalog,
         )

@@ -21,18 +21,39 @@ class ScorerSettings(JobConfig):
     with_embeddings: bool = Field(False, description="also store FR embeddings (float16)")
     batch_size: int = Field(128, gt=0, description="images per model call")
     decode_batch_size: int = Field(256, gt=0, description="images per decode task call")
-    actors: str = Field("1", description="scorer actors: N, or MIN,MAX to autoscale")
-    cpus_per_actor: float = Field(1.0, ge=0, description="CPUs reserved per scorer actor")
-    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per scorer actor")
-    threads_per_actor: int | None = Field(None, ge=1, description="torch threads per CPU actor")
-    commit_every: int = Field(16, gt=0, description="shards per commit (one snapshot each)")
+    write_batch_size: int = Field(
+        2048, gt=0, description="scored rows per writer call, split into one file per shard"
+    )
+    actors: str = Field(
+        "auto",
+        description="scorer actors: auto (one per GPU, else 1 up to one per core), "
+        "N, or MIN,MAX to autoscale",
+    )
+    cpus_per_actor: float | None = Field(
+        None,
+        ge=0,
+        description="CPUs reserved per scorer actor (default: 1 per GPU actor, "
+        "half a CPU per torch thread of a CPU actor)",
+    )
+    gpus_per_actor: float | None = Field(
+        None, ge=0, description="GPUs per scorer actor (default: 1 when the cluster has GPUs)"
+    )
+    threads_per_actor: int | None = Field(
+        None, ge=1, description="torch threads per CPU actor (default: the cores shared out)"
+    )
+    commit_every: int = Field(64, gt=0, description="commit once this many shards are done")
+    commit_interval: float = Field(
+        60.0, gt=0, description="or once this many seconds have passed since the last commit"
+    )
 
     @field_validator("actors")
     @classmethod
     def actor_range(cls, value: str) -> str:
+        if value == "auto":
+            return value
         parts = value.split(",")
         if len(parts) > 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-            raise ValueError("expected N or MIN,MAX with positive integers")
+            raise ValueError("expected auto, N or MIN,MAX with positive integers")
         if len(parts) == 2 and int(parts[0]) > int(parts[1]):
             raise ValueError("MIN must not exceed MAX")
         return value
@@ -44,11 +65,13 @@ class ScorerSettings(JobConfig):
             with_embeddings=self.with_embeddings,
             batch_size=self.batch_size,
             decode_batch_size=self.decode_batch_size,
-            actors=(int(low), int(high or low)),
+            write_batch_size=self.write_batch_size,
+            actors=None if self.actors == "auto" else (int(low), int(high or low)),
             cpus_per_actor=self.cpus_per_actor,
             gpus_per_actor=self.gpus_per_actor,
             threads_per_actor=self.threads_per_actor,
             commit_every=self.commit_every,
+            commit_interval=self.commit_interval,
             **where,
         )
 
@@ -84,7 +107,7 @@ def run(config: ScoreConfig) -> None:
     )
     print(
         f"table: {plan.table} (model_id {summary.model_id}, run {summary.run_id}, "
-        f"snapshots {', '.join(map(str, summary.snapshots)) or 'none'})"
+        f"{len(summary.snapshots)} snapshots, {summary.files} data files)"
     )
     if config.json_output:
         print(json.dumps(summary.to_dict()))
@@ -98,5 +121,5 @@ def register(subparsers) -> None:
         run,
         summary="score a dataset into the quality manifest, exactly once per model",
         example="fiqa score --model models/vit-fiqa-s --data s3://faces/ms1mv2 "
-        "--format rec --table faces.quality --actors 2,8 --gpus-per-actor 1",
+        "--format rec --table faces.quality",
     )

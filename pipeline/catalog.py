@@ -29,11 +29,11 @@ RETRIES = "commit.retry.num-retries"
 NO_REBASE = {RETRIES: "0"}
 
 
-def without_rebase(table: Table) -> Table:
-    """`table` with NO_REBASE set (tables made by older versions lack it)."""
-    if table.properties.get(RETRIES) != NO_REBASE[RETRIES]:
-        with contextlib.suppress(CommitFailedException):  # a concurrent run set it first
-            table.transaction().set_properties(NO_REBASE).commit_transaction()
+def with_properties(table: Table, properties: dict[str, str]) -> Table:
+    """`table` with `properties` set (tables made by older versions may lack them)."""
+    if any(table.properties.get(k) != v for k, v in properties.items()):
+        with contextlib.suppress(CommitFailedException):  # a concurrent run set them first
+            table.transaction().set_properties(properties).commit_transaction()
         table.refresh()
     return table
 

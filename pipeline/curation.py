@@ -1,13 +1,15 @@
 """Scheduled curation: one idempotent run of score -> filter -> export -> report.
 
 A run scores what is new in each dataset (`score` skips the shards the manifest already holds
-for the model), applies the policy into the selection, exports it, writes the report and
-records itself in the run log (`pipeline/runlog.py`), whether it succeeded or failed.
+for the model), applies the policy into the selection, exports it, writes the report,
+maintains the manifest table when asked to (`pipeline/maintenance.py`) and records itself in
+the run log (`pipeline/runlog.py`), whether it succeeded or failed.
 
-The selection is rewritten only when the manifest or the policy changed since it was
-written, or when its export or report is incomplete. Exports and reports go under their
-folders into a place named after the selection snapshot they show, so a rerun recognises
-finished outputs, and overlapping runs never write into the same place.
+The selection is rewritten only when the manifest's rows or the policy changed since it was
+written (maintenance changes no row), or when its export or report is incomplete. Exports
+and reports go under their folders into a place named after the selection snapshot they
+show, so a rerun recognises finished outputs, and overlapping runs never write into the same
+place.
 
 Overlapping runs on one table: scoring commits only onto the snapshot it checked, so no
 image is scored into the table twice; a selection write that loses a commit race is
@@ -28,6 +30,7 @@ from pipeline.catalog import CatalogConfig, open_catalog
 from pipeline.decode import OK
 from pipeline.export import ExportPlan, export
 from pipeline.export.base import RECORD
+from pipeline.maintenance import MaintenancePlan, maintain, same_rows
 from pipeline.manifest import dataset_sources
 from pipeline.policy import FilterPolicy, filter_manifest
 from pipeline.query import open_query
@@ -49,6 +52,7 @@ class CurationPlan:
     run_log: str  # full table name
     export: ExportPlan | None = None  # `out`: the folder the exports go under
     report: str | None = None  # the folder the reports go under
+    maintenance: MaintenancePlan | None = None  # run after the outputs are written
     storage: StorageOptions | None = None
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
 
@@ -68,6 +72,7 @@ class CurationSummary:
     images_kept: int | None = None
     images_dropped: int | None = None
     outputs: dict[str, str] = field(default_factory=dict)  # export, report: URIs
+    maintenance: dict | None = None  # what maintenance did (MaintenanceSummary)
 
     @property
     def images_scored(self) -> int:
@@ -122,6 +127,9 @@ def curate(plan: CurationPlan, progress: Callable[[str], None] = print) -> Curat
             }
         )
         select_and_publish(plan, policy, summary, progress)
+        if plan.maintenance is not None:
+            done = maintain(catalog, plan.table, plan.maintenance, plan.storage, progress)
+            summary.maintenance = done.to_dict()
         summary.status = SUCCEEDED
     except BaseException as e:  # an interrupted run is a failed one too
         summary.status, summary.error = FAILED, f"{type(e).__name__}: {e}"
@@ -197,18 +205,16 @@ def select_and_publish(
 
 def current_selection(plan: CurationPlan, policy: FilterPolicy) -> tuple[int, dict] | None:
     """The selection's snapshot and info when it is what this run would write: the same
-    policy over the manifest's current snapshot."""
+    policy over the rows of the manifest's current snapshot."""
     catalog = open_catalog(plan.catalog, plan.storage)
     try:
         snapshot, info = selection_head(catalog, plan.selection)
     except SelectionError:
         return None  # missing, or not a selection: writing it says which
-    manifest = catalog.load_table(plan.table).current_snapshot()
-    if (
-        manifest is None
-        or info["manifest_snapshot"] != manifest.snapshot_id
-        or info["policy"] != policy.model_dump(exclude_none=True)
-    ):
+    manifest = catalog.load_table(plan.table)
+    if info["policy"] != policy.model_dump(exclude_none=True):
+        return None
+    if not same_rows(manifest, info["manifest_snapshot"]):
         return None
     return snapshot, info
 

@@ -21,6 +21,11 @@ from pipeline.formats import get_format
 from pipeline.formats.base import OK, SAMPLE_SCHEMA, Shard, ShardError, read_error
 from pipeline.storage import StorageOptions, filesystem
 
+# Scoring reads with `mark_end`: each shard's last row carries the shard's row count, so
+# downstream stages know when every row of a shard has passed.
+END_FIELD = pa.field("shard_rows", pa.int64())
+MARKED_SCHEMA = SAMPLE_SCHEMA.append(END_FIELD)
+
 
 def shard_rows(
     format_name: str, format_options: dict, uri: str, storage: StorageOptions | None, shard: Shard
@@ -78,15 +83,29 @@ def fetch_images(
     return found
 
 
-def blocks(rows: Iterator[dict], rows_per_block: int) -> Iterator[pa.Table]:
-    batch = []
+def blocks(rows: Iterator[dict], rows_per_block: int, mark_end: bool = False) -> Iterator[pa.Table]:
+    """Arrow blocks of `rows`. With `mark_end`, column `shard_rows` says where the shard ends:
+    on its last row, how many rows it yielded; 0 on every other row. A full block is only let
+    go when the next row has come, so the last row is known to be the last."""
+    batch: list[dict] = []
+    total = 0
     for row in rows:
-        batch.append(row)
         if len(batch) == rows_per_block:
-            yield pa.Table.from_pylist(batch, schema=SAMPLE_SCHEMA)
+            yield _block(batch, mark_end, 0)
             batch = []
+        batch.append(row)
+        total += 1
     if batch:
-        yield pa.Table.from_pylist(batch, schema=SAMPLE_SCHEMA)
+        yield _block(batch, mark_end, total)
+
+
+def _block(rows: list[dict], mark_end: bool, total: int) -> pa.Table:
+    block = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
+    if not mark_end:
+        return block
+    ends = [0] * len(rows)
+    ends[-1] = total
+    return block.append_column(END_FIELD, pa.array(ends, pa.int64()))
 
 
 class ShardDatasource(Datasource):
@@ -99,10 +118,11 @@ class ShardDatasource(Datasource):
         format_options: dict | None = None,
         shards: list[Shard] | None = None,
         rows_per_block: int = 256,
+        mark_end: bool = False,
     ):
         self.format_name, self.uri, self.storage = format_name, uri, storage
         self.format_options = format_options or {}
-        self.rows_per_block = rows_per_block
+        self.rows_per_block, self.mark_end = rows_per_block, mark_end
         if shards is None:
             fs, root = filesystem(uri, storage)
             shards = get_format(format_name, **self.format_options).list_shards(fs, root)
@@ -123,15 +143,16 @@ class ShardDatasource(Datasource):
 
     def _task(self, shard: Shard, row_limit: int | None) -> ReadTask:
         args = (self.format_name, self.format_options, self.uri, self.storage, shard)
-        size = self.rows_per_block
+        size, mark_end = self.rows_per_block, self.mark_end
 
         def read() -> Iterator[pa.Table]:
-            yield from blocks(shard_rows(*args), size)
+            yield from blocks(shard_rows(*args), size, mark_end)
 
         metadata = BlockMetadata(
             num_rows=None, size_bytes=None, exec_stats=None, input_files=[shard.path]
         )
-        return ReadTask(read, metadata, schema=SAMPLE_SCHEMA, per_task_row_limit=row_limit)
+        schema = MARKED_SCHEMA if mark_end else SAMPLE_SCHEMA
+        return ReadTask(read, metadata, schema=schema, per_task_row_limit=row_limit)
 
 
 def read_shards(source: ShardDatasource) -> ray.data.Dataset:

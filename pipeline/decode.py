@@ -405,6 +405,13 @@ def decode_batch(
     }
 
 
+def decode_pixels(batch: dict[str, Any], options: DecodeOptions = DEFAULT_OPTIONS) -> dict:
+    """`decode_batch` without the encoded bytes: only pixels travel on to a model."""
+    decoded = decode_batch(batch, options)
+    decoded.pop("image")
+    return decoded
+
+
 def _column(batch: Mapping[str, Any], name: str, default: Any, n: int) -> Sequence[Any]:
     column = batch.get(name)
     return [default] * n if column is None else column
@@ -428,7 +435,8 @@ def to_model_input(
     x = torch.as_tensor(pixels)
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"expected uint8 pixels (N, H, W, 3), got {x.dtype} {tuple(x.shape)}")
-    mean = torch.tensor(options.mean).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(options.std).view(1, 3, 1, 1) * 255.0
+    # On the pixels' device: a GPU scorer ships uint8 to the GPU and normalises there.
+    mean = torch.tensor(options.mean, device=x.device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(options.std, device=x.device).view(1, 3, 1, 1) * 255.0
     x = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
     return (x - mean) / std

@@ -7,20 +7,29 @@ Partitioned by dataset and model_id, so one model's view of one dataset is one p
 
 Exactly once: a scoring run commits groups of whole shards, one snapshot each. A shard is
 committed when the table holds any row of it for that (dataset, model_id): its rows only
-ever arrive together in one snapshot. That is asked of the data itself, not of a side file.
+ever arrive together in one snapshot. That is asked of the table itself, not of a side file,
+and mostly of its metadata: scoring writes one shard per data file, with whole shard bounds.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.expressions import And, EqualTo
+from pyiceberg.expressions.visitors import (
+    expression_evaluator,
+    inclusive_projection,
+    manifest_evaluator,
+)
+from pyiceberg.manifest import DataFile, DataFileContent
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
@@ -35,7 +44,8 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
-from pipeline.catalog import NO_REBASE, ensure_namespace, without_rebase
+from pipeline.catalog import NO_REBASE, ensure_namespace, with_properties
+from pipeline.datafiles import FULL_SHARD_BOUNDS
 from pipeline.storage import parse_uri
 
 COLUMNS = (
@@ -62,6 +72,7 @@ PARTITION_SPEC = PartitionSpec(
     PartitionField(source_id=10, field_id=1001, transform=IdentityTransform(), name="model_id"),
 )
 DEFAULT_TABLE = "fiqa.manifest"
+PROPERTIES = {**NO_REBASE, **FULL_SHARD_BOUNDS}
 
 
 def open_table(catalog: Catalog, name: str = DEFAULT_TABLE) -> Table:
@@ -70,24 +81,52 @@ def open_table(catalog: Catalog, name: str = DEFAULT_TABLE) -> Table:
     if not namespace or not table:
         raise ValueError(f"table name {name!r} must be 'namespace.table'")
     try:
-        return without_rebase(catalog.load_table(name))
+        return with_properties(catalog.load_table(name), PROPERTIES)
     except NoSuchTableError:
         pass
     ensure_namespace(catalog, namespace)
     return catalog.create_table_if_not_exists(
-        name, schema=ICEBERG_SCHEMA, partition_spec=PARTITION_SPEC, properties=NO_REBASE
+        name, schema=ICEBERG_SCHEMA, partition_spec=PARTITION_SPEC, properties=PROPERTIES
     )
 
 
+def partition_files(table: Table, dataset: str, model_id: str) -> Iterator[DataFile]:
+    """The data files of the (dataset, model_id) partition in the current snapshot, one
+    manifest file read at a time (manifests of other partitions are skipped unread)."""
+    snapshot = table.current_snapshot()
+    if snapshot is None:
+        return
+    schema, wanted = table.schema(), And(EqualTo("dataset", dataset), EqualTo("model_id", model_id))
+    for manifest in snapshot.manifests(table.io):
+        spec = table.specs()[manifest.partition_spec_id]
+        partition_filter = inclusive_projection(schema, spec)(wanted)
+        if not manifest_evaluator(spec, schema, partition_filter, True)(manifest):
+            continue
+        partition_schema = Schema(*spec.partition_type(schema).fields)
+        in_partition = expression_evaluator(partition_schema, partition_filter, True)
+        for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
+            data_file = entry.data_file
+            if data_file.content == DataFileContent.DATA and in_partition(data_file.partition):
+                yield data_file
+
+
 def committed_shards(table: Table, dataset: str, model_id: str) -> set[str]:
-    """Shards of `dataset` whose rows for `model_id` are in the table's current snapshot."""
-    if table.current_snapshot() is None:
-        return set()
-    rows = table.scan(
-        row_filter=And(EqualTo("dataset", dataset), EqualTo("model_id", model_id)),
-        selected_fields=("shard",),
-    ).to_arrow()
-    return set(pc.unique(rows["shard"]).to_pylist())
+    """Shards of `dataset` whose rows for `model_id` are in the table's current snapshot.
+
+    Memory grows with shards, not rows: a data file whose shard bounds are equal holds that
+    one shard, known from the metadata; any other file (written by older versions, or
+    compacted) has its shard column read, one row group at a time."""
+    shard_id = table.schema().find_field("shard").field_id
+    shards: set[str] = set()
+    for data_file in partition_files(table, dataset, model_id):
+        lower, upper = data_file.lower_bounds.get(shard_id), data_file.upper_bounds.get(shard_id)
+        if lower is not None and lower == upper:
+            shards.add(lower.decode())
+            continue
+        with table.io.new_input(data_file.file_path).open() as stream:
+            for batch in pq.ParquetFile(stream).iter_batches(columns=["shard"]):
+                shards.update(pc.unique(batch.column(0)).to_pylist())
+    return shards
 
 
 def shards_committed_since(

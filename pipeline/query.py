@@ -26,6 +26,7 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.table import Table
 
+from pipeline.maintenance import EXPIRED_BEFORE, snapshot_time
 from pipeline.manifest import ARROW_SCHEMA
 from pipeline.runlog import ARROW_SCHEMA as RUN_LOG_SCHEMA
 from pipeline.runlog import RECORD_PROPERTY
@@ -81,17 +82,33 @@ def resolve_snapshot(
     """The snapshot to read: the given id, the one current at `as_of`, or the current one."""
     if snapshot_id is not None:
         if table.snapshot_by_id(snapshot_id) is None:
-            raise QueryError(f"{table.name()}: no snapshot {snapshot_id}")
+            raise missing_snapshot(table, str(snapshot_id))
         return snapshot_id
     if as_of is not None:
         if as_of.tzinfo is None:
             as_of = as_of.replace(tzinfo=datetime.UTC)
         snapshot = table.snapshot_as_of_timestamp(int(as_of.timestamp() * 1000))
         if snapshot is None:
-            raise QueryError(f"{table.name()}: no snapshot at or before {as_of.isoformat()}")
+            raise missing_snapshot(table, f"at or before {as_of.isoformat()}")
         return snapshot.snapshot_id
     current = table.current_snapshot()
     return current.snapshot_id if current else None
+
+
+def missing_snapshot(table: Table, what: str) -> QueryError:
+    """The refusal of a snapshot the table does not have, saying whether `fiqa maintain`
+    expired old snapshots and which is the oldest one left."""
+    message = f"{'.'.join(table.name())}: no snapshot {what}"
+    snapshots = table.snapshots()
+    if not snapshots:
+        return QueryError(message)
+    oldest = min(snapshots, key=lambda s: s.timestamp_ms)
+    if expired_before := table.properties.get(EXPIRED_BEFORE):
+        message += f": snapshots older than {expired_before} were expired by 'fiqa maintain'"
+        message += f"; the oldest one still available is {oldest.snapshot_id}"
+    else:
+        message += f"; the oldest snapshot is {oldest.snapshot_id}"
+    return QueryError(f"{message} ({snapshot_time(oldest)})")
 
 
 def tables_marked(catalog: Catalog, namespace: str, marker: str) -> list[str]:

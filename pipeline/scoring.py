@@ -1,15 +1,20 @@
-"""Scoring: sample rows -> decoded pixels -> quality (and embeddings) -> manifest rows.
+"""Scoring: sample rows -> decoded pixels -> quality (and embeddings) -> manifest data files.
 
-The Ray Data pipeline of one commit group:
-  read tasks (one per shard) -> decode tasks (CPU, batched) -> `QualityScorer` actors
-  (the model loaded once per actor) -> materialised manifest rows -> `write_iceberg`
-  (one snapshot).
-Groups of `commit_every` shards are committed one after another, so a crash loses at most the
-group in flight and a rerun skips what the table already holds for this model_id.
+One Ray Data stream per run, over every shard the table does not hold yet for this model:
+  read tasks (one per shard, the shard's last row marked with its row count) -> decode
+  (CPU, batched) -> `QualityScorer` actors (the model loaded once per actor) -> writer
+  tasks (Parquet data files of the manifest, one shard per file, into the table's warehouse)
+  -> small records (shard, rows, statuses, the file's description) to the driver.
+The driver never sees an image. As records arrive it tracks each shard (`ShardLedger`) and
+commits completed shards as Iceberg snapshots while the stream flows: every `commit_every`
+completed shards or `commit_interval` seconds, whichever comes first. A shard's rows land in
+one snapshot; a crash loses only uncommitted shards (their files are orphans, never table
+rows, removed by `fiqa maintain`); a rerun skips the shards the table holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -17,23 +22,24 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 import torch
 from pyiceberg.exceptions import CommitFailedException
-from ray.data._internal.datasource.iceberg_datasink import IcebergDatasink
+from tqdm import tqdm
 
 from models.artifact import CONFIG_FILE, ArtifactError, InputSpec, load_artifact
-from pipeline.catalog import CatalogConfig, catalog_kwargs, open_catalog
-from pipeline.datasource import read_samples
-from pipeline.decode import OK, DecodeOptions, decode_batch, to_model_input
+from pipeline.catalog import CatalogConfig, open_catalog
+from pipeline.datafiles import FileLayout, append_files
+from pipeline.datasource import END_FIELD, ShardDatasource, read_shards
+from pipeline.decode import OK, DecodeOptions, decode_pixels, to_model_input
 from pipeline.formats import get_format
 from pipeline.formats.base import Shard
+from pipeline.ledger import SCORER, ShardLedger, ShardProgress, write_shard_files
 from pipeline.manifest import (
     ARROW_SCHEMA,
     committed_shards,
@@ -42,15 +48,18 @@ from pipeline.manifest import (
     open_table,
     shards_committed_since,
 )
-from pipeline.storage import StorageError, StorageOptions, filesystem
+from pipeline.storage import StorageError, StorageOptions, arrow_filesystem, filesystem
 
 log = logging.getLogger(__name__)
 
 # Fault injection for tests: when this variable names a file that does not exist yet, the
-# first scorer call creates it and kills its process, once, to exercise actor restarts.
+# first scorer to reach its third batch creates it and kills its process: an actor that dies
+# mid-stream, once.
 FAULT_ENV = "FIQA_TEST_SCORER_EXIT_ONCE"
-# A group whose commit loses to a concurrent writer is retried on the new head this often.
+# A commit that loses to a concurrent writer is retried on the new head this often.
 COMMIT_ATTEMPTS = 5
+# Torch threads per CPU scorer when the cluster decides: beyond a few, more actors scale better.
+MAX_THREADS_PER_ACTOR = 4
 
 
 def artifact_config(model_uri: str, storage: StorageOptions | None = None) -> dict:
@@ -64,15 +73,9 @@ def artifact_config(model_uri: str, storage: StorageOptions | None = None) -> di
         raise ArtifactError(f"{model_uri}: not a model artifact (no {CONFIG_FILE})") from None
 
 
-def decode_for_scoring(batch: dict[str, np.ndarray], options: DecodeOptions) -> dict:
-    """Decode a batch and drop the encoded bytes: only pixels travel on to the scorers."""
-    decoded = decode_batch(batch, options)
-    decoded.pop("image")
-    return decoded
-
-
 class QualityScorer:
-    """A Ray Data callable class: loads the model once, then scores batches of pixels."""
+    """A Ray Data callable class: loads the model once, then scores batches of pixels into
+    manifest rows (plus the shard-end marker and which model load scored them)."""
 
     def __init__(
         self,
@@ -91,17 +94,21 @@ class QualityScorer:
         self.model, self.model_id = artifact.model, artifact.model_id
         self.options = DecodeOptions.from_input_spec(artifact.input)
         self.dataset, self.run_id, self.with_embeddings = dataset, run_id, with_embeddings
+        self.load_id = uuid.uuid4().hex[:12]
+        self.fault, self.calls = os.environ.get(FAULT_ENV), 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        if (marker := os.environ.get(FAULT_ENV)) and not os.path.exists(marker):
-            open(marker, "w").close()
+        self.calls += 1
+        if self.fault and self.calls == 3 and not os.path.exists(self.fault):
+            open(self.fault, "w").close()
             os._exit(1)
         ok = batch["status"] == OK
         rows = len(ok)
         quality = np.zeros(rows, np.float32)
         embeddings = None
         if ok.any():
-            x = to_model_input(batch["pixels"][ok], self.options).to(self.device)
+            pixels = torch.as_tensor(batch["pixels"][ok]).to(self.device, non_blocking=True)
+            x = to_model_input(pixels, self.options)
             with (
                 torch.inference_mode(),
                 torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"),
@@ -114,7 +121,7 @@ class QualityScorer:
             for i, value in zip(np.flatnonzero(ok), embedding_bytes(embeddings), strict=True):
                 embedding_column[i] = value
         now = datetime.datetime.now(datetime.UTC)
-        return pa.table(
+        table = pa.table(
             {
                 "dataset": pa.array([self.dataset] * rows, pa.string()),
                 **{
@@ -131,6 +138,9 @@ class QualityScorer:
             },
             schema=ARROW_SCHEMA,
         )
+        if END_FIELD.name in batch:  # passed on for the writers (absent when called directly)
+            table = table.append_column(END_FIELD, pa.array(batch[END_FIELD.name], pa.int64()))
+        return table.append_column(SCORER, pa.array([self.load_id] * rows, pa.string()))
 
 
 def text(values: np.ndarray) -> pa.Array:
@@ -149,13 +159,54 @@ class ScoringPlan:
     with_embeddings: bool = False
     batch_size: int = 128
     decode_batch_size: int = 256
-    actors: tuple[int, int] = (1, 1)
-    cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0
-    threads_per_actor: int | None = None
-    commit_every: int = 16
+    write_batch_size: int = 2048
+    actors: tuple[int, int] | None = None  # None: from the cluster's resources
+    cpus_per_actor: float | None = None  # None: 1 per GPU actor, half a core per CPU thread
+    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    threads_per_actor: int | None = None  # None: the CPU actors together use every core
+    commit_every: int = 64
+    commit_interval: float = 60.0
     storage: StorageOptions | None = None
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
+
+
+@dataclass(frozen=True)
+class ScorerPool:
+    """How many scorer actors, and what each one gets."""
+
+    actors: tuple[int, int]
+    cpus: float
+    gpus: float
+    threads: int | None  # torch threads of a CPU actor
+
+    def __str__(self) -> str:
+        low, high = self.actors
+        count = str(low) if low == high else f"{low} to {high}"
+        if self.gpus:
+            return f"{count} GPU scorer(s), {self.gpus:g} GPU each (bf16)"
+        return f"{count} CPU scorer(s), {self.threads} torch thread(s) each"
+
+
+def scorer_pool(plan: ScoringPlan, resources: dict[str, float]) -> ScorerPool:
+    """The plan's scorer settings, the unset ones derived from the cluster's `resources`:
+    one actor per GPU when there are GPUs; else up to one single-threaded actor per core
+    (which beats fewer actors with several torch threads each). A CPU actor reserves half a
+    logical CPU per thread and the CPU pool grows from one actor, so that reads and writes,
+    also those of an overlapping run on the same cluster, always find room beside the
+    scorers. Settings given in the plan win."""
+    cores = max(1, int(resources.get("CPU", 1)))
+    cpus = plan.cpus_per_actor
+    gpus = plan.gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
+    if gpus:
+        actors = plan.actors or (max(1, int(resources.get("GPU", 0) // gpus)),) * 2
+        return ScorerPool(actors, 1.0 if cpus is None else cpus, gpus, plan.threads_per_actor)
+    threads = plan.threads_per_actor
+    if threads is None:
+        threads = 1 if plan.actors is None else max(1, cores // plan.actors[1])
+    actors = plan.actors or (1, max(1, cores // threads))
+    return ScorerPool(actors, threads / 2 if cpus is None else cpus, 0.0, threads)
 
 
 @dataclass
@@ -164,12 +215,16 @@ class ScoringSummary:
     model_id: str
     dataset: str
     table: str
+    scorers: str = ""
     shards_total: int = 0
     shards_skipped: int = 0
     shards_scored: list[str] = field(default_factory=list)
+    shards_empty: int = 0
     images: int = 0
+    files: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     snapshots: list[int] = field(default_factory=list)
+    model_loads: int = 0  # seen in committed rows: one per actor, more if one restarted
     seconds: float = 0.0
 
     @property
@@ -180,21 +235,28 @@ class ScoringSummary:
         return {**self.__dict__, "images_per_s": round(self.images_per_s, 1)}
 
 
-def manifest_rows(
-    plan: ScoringPlan, shards: list[Shard], run_id: str, options: DecodeOptions
+def manifest_records(
+    plan: ScoringPlan,
+    pool: ScorerPool,
+    shards: list[Shard],
+    run_id: str,
+    options: DecodeOptions,
+    layout: FileLayout,
 ) -> ray.data.Dataset:
-    """The lazy Ray dataset of manifest rows for `shards`."""
-    low, high = plan.actors
+    """The lazy Ray dataset of data-file records for `shards`."""
+    low, high = pool.actors
+    source = ShardDatasource(
+        plan.format,
+        plan.data,
+        storage=plan.storage,
+        format_options=plan.format_options,
+        shards=shards,
+        mark_end=True,
+    )
     return (
-        read_samples(
-            plan.format,
-            plan.data,
-            storage=plan.storage,
-            format_options=plan.format_options,
-            shards=shards,
-        )
+        read_shards(source)
         .map_batches(
-            decode_for_scoring,
+            decode_pixels,
             fn_kwargs={"options": options},
             batch_size=plan.decode_batch_size,
             batch_format="numpy",
@@ -204,16 +266,23 @@ def manifest_rows(
             batch_size=plan.batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
-            num_cpus=plan.cpus_per_actor,
-            num_gpus=plan.gpus_per_actor,
+            num_cpus=pool.cpus,
+            num_gpus=pool.gpus,
             fn_constructor_kwargs={
                 "model_uri": plan.model,
                 "storage": plan.storage,
                 "dataset": plan.dataset,
                 "run_id": run_id,
-                "threads": plan.threads_per_actor,
+                "threads": pool.threads,
                 "with_embeddings": plan.with_embeddings,
             },
+        )
+        .map_batches(
+            write_shard_files,
+            fn_kwargs={"layout": layout, "storage": plan.storage, "prefix": f"{run_id}-"},
+            batch_size=plan.write_batch_size,
+            batch_format="pyarrow",
+            num_cpus=0.25,  # light work: never waits for a whole core
         )
     )
 
@@ -222,42 +291,93 @@ class ScoringError(RuntimeError):
     """A scoring run that could not commit its work."""
 
 
-class ManifestSink(IcebergDatasink):
-    """Ray's Iceberg sink, appending only onto the snapshot the driver checked for committed
-    shards. The commit itself asserts that the branch is still where the sink loaded it at
-    write start; refusing any other start closes the gap between the check and that load.
-    Either way a lost race raises CommitFailedException and nothing is appended."""
-
-    def __init__(self, table: str, *, base_snapshot: int | None, **kwargs):
-        super().__init__(table, **kwargs)
-        self.base_snapshot = base_snapshot
-
-    def on_write_start(self, schema: pa.Schema | None = None) -> None:
-        super().on_write_start(schema)
-        if self._table.metadata.current_snapshot_id != self.base_snapshot:
-            raise CommitFailedException(f"{self.table_identifier} changed since it was checked")
+@contextlib.contextmanager
+def ray_bars_off() -> Iterator[None]:
+    """Ray Data's own progress bars off while our bar of images runs."""
+    context = ray.data.DataContext.get_current()
+    before = context.enable_progress_bars
+    context.enable_progress_bars = False
+    try:
+        yield
+    finally:
+        context.enable_progress_bars = before
 
 
-def _only_shards(batch: pa.Table, keys: list[str]) -> pa.Table:
-    return batch.filter(pc.is_in(batch["shard"], pa.array(keys, pa.string())))
+class Committer:
+    """Commits completed shards of one run onto the table, exactly once per shard."""
 
+    def __init__(self, plan: ScoringPlan, summary: ScoringSummary, table, say):
+        self.plan, self.summary, self.table, self.say = plan, summary, table, say
+        self.checked = table.current_snapshot()
+        self.source = json.dumps(
+            dataset_source(plan.data, plan.format, plan.format_options), sort_keys=True
+        )
+        self.statuses: Counter[str] = Counter()
+        self.last = time.monotonic()
 
-def only_shards(rows: ray.data.MaterializedDataset, keys: list[str]):
-    """The materialised rows of the shards `keys` only."""
-    return rows.map_batches(
-        _only_shards, fn_kwargs={"keys": keys}, batch_format="pyarrow"
-    ).materialize()
+    def due(self, ready: int) -> bool:
+        """Whether `ready` completed shards make a commit now."""
+        late = time.monotonic() - self.last >= self.plan.commit_interval
+        return ready >= self.plan.commit_every or (ready > 0 and late)
 
+    def commit(self, shards: list[ShardProgress]) -> None:
+        """One snapshot of `shards`; shards another run committed meanwhile are dropped (and
+        their files deleted), and a commit that loses a race is retried on the new head."""
+        plan, summary = self.plan, self.summary
+        for _attempt in range(COMMIT_ATTEMPTS):
+            # Another run may be scoring this dataset too: skip what it committed meanwhile.
+            taken = shards_committed_since(self.table, self.checked, plan.dataset, summary.model_id)
+            self.checked = self.table.current_snapshot()
+            lost = [s for s in shards if s.key in taken]
+            if lost:
+                self.discard(lost)
+                summary.shards_skipped += len(lost)
+                shards = [s for s in shards if s.key not in taken]
+                self.say(f"{len(lost)} shards were committed by another run meanwhile")
+            if not shards:
+                return
+            counts = sum((s.statuses for s in shards), Counter())
+            try:
+                append_files(
+                    self.table,
+                    [f for s in shards for f in s.files],
+                    {
+                        "fiqa.run_id": summary.run_id,
+                        "fiqa.model_id": summary.model_id,
+                        "fiqa.dataset": plan.dataset,
+                        "fiqa.source": self.source,
+                        "fiqa.shards": json.dumps([s.key for s in shards]),
+                        "fiqa.statuses": json.dumps(dict(sorted(counts.items()))),
+                    },
+                )
+                break
+            except CommitFailedException:
+                self.say("the table changed meanwhile; retrying the commit")
+        else:
+            raise ScoringError(
+                f"{plan.table}: {COMMIT_ATTEMPTS} commits in a row lost to concurrent writers"
+            )
+        self.table.refresh()
+        self.checked = self.table.current_snapshot()
+        self.last = time.monotonic()
+        images = sum(counts.values())
+        summary.snapshots.append(self.checked.snapshot_id)
+        summary.shards_scored.extend(s.key for s in shards)
+        summary.files += sum(len(s.files) for s in shards)
+        summary.images += images
+        self.statuses.update(counts)
+        self.say(
+            f"commit {len(summary.snapshots)}: {len(shards)} shards, {images} images "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
+            f"snapshot {self.checked.snapshot_id}"
+        )
 
-@ray.remote(num_cpus=0)
-def _block_statuses(block: pa.Table) -> Counter[str]:
-    return Counter(block["status"].to_pylist())
-
-
-def status_counts(rows: ray.data.MaterializedDataset) -> dict[str, int]:
-    """Rows per status of materialised manifest rows, counted where the blocks are."""
-    counts = sum(ray.get([_block_statuses.remote(b) for b in rows.to_arrow_refs()]), Counter())
-    return dict(sorted(counts.items()))
+    def discard(self, shards: list[ShardProgress]) -> None:
+        for shard in shards:
+            for data_file in shard.files:
+                fs, path = arrow_filesystem(data_file.file_path, self.plan.storage)
+                with contextlib.suppress(OSError):  # an orphan left behind is harmless
+                    fs.delete_file(path)
 
 
 def score(plan: ScoringPlan, on_commit: Callable[[str], None] = print) -> ScoringSummary:
@@ -281,70 +401,48 @@ def score(plan: ScoringPlan, on_commit: Callable[[str], None] = print) -> Scorin
         f"{plan.dataset}: {len(shards)} shards, {summary.shards_skipped} already in "
         f"{plan.table} for model {model_id}, {len(todo)} to score"
     )
-    source = dataset_source(plan.data, plan.format, plan.format_options)
-    statuses: Counter[str] = Counter()
-    groups = [todo[i : i + plan.commit_every] for i in range(0, len(todo), plan.commit_every)]
-    checked = table.current_snapshot()
-    for number, group in enumerate(groups, 1):
-        keys, rows = [s.key for s in group], None
-        for _attempt in range(COMMIT_ATTEMPTS):
-            # Another run may be scoring this dataset too: skip what it committed meanwhile.
-            done |= shards_committed_since(table, checked, plan.dataset, model_id)
-            checked = table.current_snapshot()
-            taken = [k for k in keys if k in done]
-            if taken:
-                keys = [k for k in keys if k not in done]
-                summary.shards_skipped += len(taken)
-                on_commit(
-                    f"commit {number}/{len(groups)}: {len(taken)} shards were committed by "
-                    "another run meanwhile"
-                )
-            if not keys:
-                break
-            if rows is None:
-                wanted = [s for s in group if s.key in keys]
-                rows = manifest_rows(plan, wanted, summary.run_id, options).materialize()
-            elif taken:
-                rows = only_shards(rows, keys)
-            counts = status_counts(rows)
-            sink = ManifestSink(
-                plan.table,
-                base_snapshot=checked.snapshot_id if checked else None,
-                catalog_kwargs=catalog_kwargs(plan.catalog, plan.storage),
-                snapshot_properties={
-                    "fiqa.run_id": summary.run_id,
-                    "fiqa.model_id": model_id,
-                    "fiqa.dataset": plan.dataset,
-                    "fiqa.source": json.dumps(source, sort_keys=True),
-                    "fiqa.shards": json.dumps(keys),
-                    "fiqa.statuses": json.dumps(counts, sort_keys=True),
-                },
-            )
-            try:
-                rows.write_datasink(sink)
-                break
-            except CommitFailedException:
-                on_commit(f"commit {number}/{len(groups)}: the table changed meanwhile; retrying")
-        else:
-            raise ScoringError(
-                f"{plan.table}: {COMMIT_ATTEMPTS} commits in a row lost to concurrent writers"
-            )
-        if not keys:
-            continue
-        table.refresh()
-        checked = table.current_snapshot()
-        snapshot = checked.snapshot_id
-        done |= set(keys)
-        summary.snapshots.append(snapshot)
-        summary.shards_scored.extend(keys)
-        statuses.update(counts)
-        images = sum(counts.values())
-        summary.images += images
-        on_commit(
-            f"commit {number}/{len(groups)}: {len(keys)} shards, {images} images "
-            f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), "
-            f"snapshot {snapshot}"
-        )
-    summary.statuses = dict(sorted(statuses.items()))
+    if todo:
+        if not ray.is_initialized():
+            ray.init()
+        pool = scorer_pool(plan, ray.cluster_resources())
+        summary.scorers = str(pool)
+        on_commit(f"scoring with {pool}")
+        stream(plan, pool, todo, summary, table, options, on_commit)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def stream(plan, pool, todo, summary, table, options, on_commit) -> None:
+    """Run the one stream over `todo`, committing completed shards while it flows."""
+    records = manifest_records(plan, pool, todo, summary.run_id, options, FileLayout.of(table))
+    ledger = ShardLedger()
+    with (
+        ray_bars_off(),
+        tqdm(total=None, unit="img", desc="scored", disable=None, dynamic_ncols=True) as bar,
+    ):
+
+        def say(line: str) -> None:
+            bar.clear()
+            on_commit(line)
+            bar.refresh()
+
+        committer = Committer(plan, summary, table, say)
+        try:
+            for batch in records.iter_batches(batch_size=None, batch_format="pyarrow"):
+                bar.update(ledger.add_records(batch))
+                if ledger.completed:  # the bar's total, estimated from the shards completed
+                    bar.total = round(ledger.completed_rows / len(ledger.completed) * len(todo))
+                if committer.due(len(ledger.ready)):
+                    committer.commit(ledger.take_ready())
+        finally:  # a failing stream still commits the shards it completed
+            if ledger.ready:
+                committer.commit(ledger.take_ready())
+    summary.statuses = dict(sorted(committer.statuses.items()))
+    summary.model_loads = len(ledger.model_loads)
+    if ledger.shards:
+        broken = sorted(ledger.shards)
+        raise ScoringError(
+            f"{len(broken)} shards ended incomplete ({', '.join(broken[:5])}); rerun to score them"
+        )
+    # A shard without rows sends no record: nothing to commit, and cheap to look at again.
+    summary.shards_empty = len(todo) - len(ledger.completed)

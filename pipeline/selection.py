@@ -28,7 +28,7 @@ from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.types import BooleanType, FloatType, NestedField, StringType
 
-from pipeline.catalog import NO_REBASE, ensure_namespace, without_rebase
+from pipeline.catalog import NO_REBASE, ensure_namespace, with_properties
 
 KEPT = "kept"
 INFO_PROPERTY = "fiqa.selection"
@@ -90,8 +90,9 @@ def write_selection(catalog: Catalog, name: str, rows: pa.Table, info: dict) -> 
     info = {**info, "summary": summary, "sources": sources}
     namespace = name.rpartition(".")[0]
     ensure_namespace(catalog, namespace)
-    table = without_rebase(
-        catalog.create_table_if_not_exists(name, schema=ICEBERG_SCHEMA, properties=NO_REBASE)
+    table = with_properties(
+        catalog.create_table_if_not_exists(name, schema=ICEBERG_SCHEMA, properties=NO_REBASE),
+        NO_REBASE,
     )
     current = table.current_snapshot()
     if current is not None and not current.summary.get(INFO_PROPERTY):

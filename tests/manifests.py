@@ -7,9 +7,21 @@ import datetime
 import pyarrow as pa
 from pyiceberg.catalog import Catalog, load_catalog
 
+from pipeline.catalog import CatalogConfig
 from pipeline.manifest import ARROW_SCHEMA, open_table
 
 T0 = datetime.datetime(2026, 11, 1, tzinfo=datetime.UTC)
+
+
+def s3_warehouse(root, bucket: str) -> CatalogConfig:
+    """The SQLite catalog under `root` with its warehouse in s3://`bucket`/warehouse."""
+    return CatalogConfig(
+        properties={
+            "type": "sql",
+            "uri": f"sqlite:///{root}/catalog.db",
+            "warehouse": f"s3://{bucket}/warehouse",
+        }
+    )
 
 
 def sqlite_catalog(root) -> Catalog:

@@ -13,6 +13,7 @@ import yaml
 from pipeline.catalog import CatalogConfig, open_catalog
 from pipeline.manifest import open_table
 from tests.builders import write_faces
+from tests.manifests import s3_warehouse
 from tests.pipeline.test_scoring import artifact
 
 
@@ -40,13 +41,7 @@ def home(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_two_formats_on_s3_with_corrupt_samples(home, s3_bucket):
-    catalog = CatalogConfig(
-        properties={
-            "type": "sql",
-            "uri": f"sqlite:///{home / 'catalog.db'}",
-            "warehouse": f"s3://{s3_bucket}/warehouse",
-        }
-    )
+    catalog = s3_warehouse(home, s3_bucket)
     config = home / "score.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -88,53 +83,67 @@ def test_two_formats_on_s3_with_corrupt_samples(home, s3_bucket):
     assert warehouse.startswith(f"s3://{s3_bucket}/warehouse")
 
 
-@pytest.mark.slow
-def test_killed_driver_then_rerun_scores_each_image_once(home):
-    data = str(home / "wds")
-    expected = write_faces("wds", data, identities=8, per_identity=15, shard_size=10)
-    model = artifact(home / "model")
-    args = [
-        sys.executable,
-        "-m",
-        "jobs.cli",
-        "score",
-        "--model",
-        model,
-        "--data",
-        data,
-        "--format",
-        "wds",
-        "--commit-every",
-        "1",
-        "--batch-size",
-        "8",
-    ]
+def snapshots() -> int:
+    return len(open_table(open_catalog()).snapshots())
+
+
+def kill_when(args: list[str], ready, what: str) -> None:
+    """Start `fiqa score` and SIGKILL it, with the Ray cluster it started, once `ready()`."""
     driver = subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        [sys.executable, "-m", "jobs.cli", "score", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 300
-    committed = 0
-    while time.monotonic() < deadline and driver.poll() is None:
-        table = open_table(open_catalog())
-        if table.current_snapshot() is not None:
-            committed = len(table.snapshots())
-            break
-        time.sleep(0.2)
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray cluster it started
+    while not ready():
+        assert driver.poll() is None, f"the run ended before {what}"
+        assert time.monotonic() < deadline, f"no {what} within 5 minutes"
+        time.sleep(0.1)
+    os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
-    assert committed >= 1
-    before = table_rows()
-    done = set(before["shard"].to_pylist())
-    assert 0 < len(done) < 12, "the kill must land between the first and the last commit"
 
-    summary = fiqa_score("--model", model, "--data", data, "--format", "wds")
+
+@pytest.mark.slow
+def test_driver_killed_at_three_points_then_rerun_scores_each_image_once(home):
+    from models.artifact import save_artifact
+    from models.vit_fiqa import create_model
+
+    data = str(home / "wds")
+    expected = write_faces("wds", data, identities=75, per_identity=40, shard_size=40)
+    model = str(home / "model")  # the CPU preset: a stream that lasts a while, to kill it in
+    save_artifact(create_model("vit-fiqa-cpu"), model, preset="vit-fiqa-cpu")
+    warehouse = home / "home/warehouse"
+    args = ["--model", model, "--data", data, "--format", "wds", "--actors", "1"]
+    args += ["--batch-size", "8", "--write-batch-size", "40"]
+
+    def files() -> int:
+        return sum(1 for _ in warehouse.rglob("*.parquet"))
+
+    # 1. Data files written, nothing committed yet (the commit is held back).
+    held = [*args, "--commit-every", "1000", "--commit-interval", "3600"]
+    kill_when(held, lambda: warehouse.exists() and files() >= 3, "data files")
+    assert open_table(open_catalog()).current_snapshot() is None
+    orphans = files()
+    # 2. Right after the first commit of a run, 3. after a few more: each mid-stream.
+    for commits in (1, 3):
+        wanted = snapshots() + commits
+        kill_when([*args, "--commit-every", "1"], lambda n=wanted: snapshots() >= n, "commit")
+        rows = table_rows()
+        assert rows.num_rows == len(set(rows["image_id"].to_pylist())), "no image twice"
+        assert 0 < len(set(rows["shard"].to_pylist())) < 75, "the kill must land mid-stream"
+
+    done = set(table_rows()["shard"].to_pylist())
+    summary = fiqa_score(*args)
     assert summary["shards_skipped"] == len(done)
     assert sorted(summary["shards_scored"]) == sorted(
-        {f"shard-{i:06d}.tar" for i in range(12)} - done
+        {f"shard-{i:06d}.tar" for i in range(75)} - done
     )
     rows = table_rows()
-    assert rows.num_rows == 120 and len(set(rows["image_id"].to_pylist())) == 120
+    assert rows.num_rows == 3000 and len(set(rows["image_id"].to_pylist())) == 3000
     assert set(rows["image_id"].to_pylist()) == set(expected)
+    # The killed runs' uncommitted files are left behind, never read as rows.
+    assert files() > len(open_table(open_catalog()).inspect.files()) and orphans >= 3
 
 
 @pytest.mark.slow
@@ -150,9 +159,13 @@ def test_a_scorer_that_dies_once_still_gives_full_output(home):
         data,
         "--format",
         "wds",
+        "--actors",
+        "1",
+        "--batch-size",
+        "4",
         env={"FIQA_TEST_SCORER_EXIT_ONCE": str(marker)},
     )
     assert marker.exists(), "the fault was not injected"
     assert summary["images"] == 40
     rows = table_rows()
-    assert sorted(rows["image_id"].to_pylist()) == sorted(expected)
+    assert sorted(rows["image_id"].to_pylist()) == sorted(expected)  # none lost, none twice

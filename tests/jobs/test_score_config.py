@@ -14,6 +14,12 @@ def test_plan_from_flags():
     assert validate(ScoreConfig, {**BASE, "actors": "3"}).plan().actors == (3, 3)
 
 
+def test_the_cluster_decides_unless_told():
+    plan = validate(ScoreConfig, BASE).plan()
+    assert (plan.actors, plan.gpus_per_actor, plan.threads_per_actor) == (None, None, None)
+    assert plan.cpus_per_actor is None and plan.commit_interval == 60
+
+
 @pytest.mark.parametrize("actors", ["0", "8,2", "a", "1,2,3"])
 def test_bad_actor_counts_are_refused(actors):
     with pytest.raises(ConfigError, match=r"actors \(--actors\)"):
