@@ -26,14 +26,14 @@ class ScorerSettings(JobConfig):
     )
     actors: str = Field(
         "auto",
-        description="scorer actors: auto (one per GPU, else 1 up to one per core), "
+        description="scorer actors: auto (one per GPU, else one per core), "
         "N, or MIN,MAX to autoscale",
     )
     cpus_per_actor: float | None = Field(
         None,
         ge=0,
         description="CPUs reserved per scorer actor (default: 1 per GPU actor, "
-        "half a CPU per torch thread of a CPU actor)",
+        "a quarter CPU per torch thread of a CPU actor)",
     )
     gpus_per_actor: float | None = Field(
         None, ge=0, description="GPUs per scorer actor (default: 1 when the cluster has GPUs)"

@@ -161,7 +161,7 @@ class ScoringPlan:
     decode_batch_size: int = 256
     write_batch_size: int = 2048
     actors: tuple[int, int] | None = None  # None: from the cluster's resources
-    cpus_per_actor: float | None = None  # None: 1 per GPU actor, half a core per CPU thread
+    cpus_per_actor: float | None = None  # None: 1 per GPU actor, 1/4 per CPU actor's thread
     gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
     threads_per_actor: int | None = None  # None: the CPU actors together use every core
     commit_every: int = 64
@@ -189,11 +189,11 @@ class ScorerPool:
 
 def scorer_pool(plan: ScoringPlan, resources: dict[str, float]) -> ScorerPool:
     """The plan's scorer settings, the unset ones derived from the cluster's `resources`:
-    one actor per GPU when there are GPUs; else up to one single-threaded actor per core
-    (which beats fewer actors with several torch threads each). A CPU actor reserves half a
-    logical CPU per thread and the CPU pool grows from one actor, so that reads and writes,
-    also those of an overlapping run on the same cluster, always find room beside the
-    scorers. Settings given in the plan win."""
+    one actor per GPU when there are GPUs; else one single-threaded actor per core (which
+    beats fewer actors with several torch threads each). A CPU actor reserves a quarter of a
+    logical CPU per thread: a run's scorers never hold more than a quarter of the cluster's
+    CPUs, so reads and writes, also those of overlapping runs, always find room (Ray Data
+    spreads the actors over the nodes). Settings given in the plan win."""
     cores = max(1, int(resources.get("CPU", 1)))
     cpus = plan.cpus_per_actor
     gpus = plan.gpus_per_actor
@@ -205,8 +205,8 @@ def scorer_pool(plan: ScoringPlan, resources: dict[str, float]) -> ScorerPool:
     threads = plan.threads_per_actor
     if threads is None:
         threads = 1 if plan.actors is None else max(1, cores // plan.actors[1])
-    actors = plan.actors or (1, max(1, cores // threads))
-    return ScorerPool(actors, threads / 2 if cpus is None else cpus, 0.0, threads)
+    actors = plan.actors or (max(1, cores // threads),) * 2
+    return ScorerPool(actors, threads / 4 if cpus is None else cpus, 0.0, threads)
 
 
 @dataclass

@@ -215,14 +215,14 @@ def test_scorer_pool_follows_the_cluster_unless_told():
     auto = dataclasses.replace(
         base, actors=None, cpus_per_actor=None, gpus_per_actor=None, threads_per_actor=None
     )
-    assert scorer_pool(auto, {"CPU": 2}) == ScorerPool((1, 2), 0.5, 0.0, 1)
+    assert scorer_pool(auto, {"CPU": 2}) == ScorerPool((2, 2), 0.25, 0.0, 1)
     assert scorer_pool(auto, {"CPU": 16, "GPU": 8}) == ScorerPool((8, 8), 1.0, 1.0, None)
     cpu_only = dataclasses.replace(auto, gpus_per_actor=0.0)
-    assert scorer_pool(cpu_only, {"CPU": 16, "GPU": 8}) == ScorerPool((1, 16), 0.5, 0.0, 1)
+    assert scorer_pool(cpu_only, {"CPU": 16, "GPU": 8}) == ScorerPool((16, 16), 0.25, 0.0, 1)
     told = dataclasses.replace(auto, actors=(2, 6), threads_per_actor=3, cpus_per_actor=2)
     assert scorer_pool(told, {"CPU": 16}) == ScorerPool((2, 6), 2, 0.0, 3)
     assert scorer_pool(dataclasses.replace(auto, actors=(2, 2)), {"CPU": 8}).threads == 4
-    assert scorer_pool(dataclasses.replace(auto, threads_per_actor=4), {"CPU": 8}).actors == (1, 2)
+    assert scorer_pool(dataclasses.replace(auto, threads_per_actor=4), {"CPU": 8}).actors == (2, 2)
 
 
 def test_a_shard_is_complete_when_its_rows_add_up():
