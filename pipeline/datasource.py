@@ -4,6 +4,7 @@ Shards are listed on the driver (files, never images); each read task opens its 
 filesystem from the URI and storage options, streams the shard's sample rows and emits them
 in Arrow blocks of `rows_per_block`. A shard that breaks part-way (`ShardError`) adds one
 `read_error` row whose image_id is the shard key, so the failure is recorded, not raised.
+Scoring reads with `mark_end`: each shard's last row carries the shard's row count.
 `wanted_rows` reads a shard only until the images wanted from it have come by: exports use
 it in their tasks, `fetch_images` on the driver for a handful (report thumbnails).
 """

@@ -30,6 +30,7 @@ import pyarrow as pa
 import ray
 import torch
 from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.table import Table
 from tqdm import tqdm
 
 from models.artifact import CONFIG_FILE, ArtifactError, InputSpec, load_artifact
@@ -306,7 +307,9 @@ def ray_bars_off() -> Iterator[None]:
 class Committer:
     """Commits completed shards of one run onto the table, exactly once per shard."""
 
-    def __init__(self, plan: ScoringPlan, summary: ScoringSummary, table, say):
+    def __init__(
+        self, plan: ScoringPlan, summary: ScoringSummary, table: Table, say: Callable[[str], None]
+    ):
         self.plan, self.summary, self.table, self.say = plan, summary, table, say
         self.checked = table.current_snapshot()
         self.source = json.dumps(
@@ -412,7 +415,15 @@ def score(plan: ScoringPlan, on_commit: Callable[[str], None] = print) -> Scorin
     return summary
 
 
-def stream(plan, pool, todo, summary, table, options, on_commit) -> None:
+def stream(
+    plan: ScoringPlan,
+    pool: ScorerPool,
+    todo: list[Shard],
+    summary: ScoringSummary,
+    table: Table,
+    options: DecodeOptions,
+    on_commit: Callable[[str], None],
+) -> None:
     """Run the one stream over `todo`, committing completed shards while it flows."""
     records = manifest_records(plan, pool, todo, summary.run_id, options, FileLayout.of(table))
     ledger = ShardLedger()
