@@ -92,14 +92,6 @@ def open_catalog(
         return load_catalog(config.name, **properties)
 
 
-def catalog_kwargs(
-    config: CatalogConfig | None = None, storage: StorageOptions | None = None
-) -> dict[str, str]:
-    """The arguments Ray's `write_iceberg` needs to open the same catalog in its tasks."""
-    config = config or CatalogConfig()
-    return {"name": config.name, **config.resolved(storage)}
-
-
 def ensure_namespace(catalog: Catalog, namespace: str) -> None:
     """Create `namespace` unless it exists. When two runs race to create it, the SQL catalog
     raises its database's integrity error for the loser rather than NamespaceAlreadyExistsError."""
