@@ -68,6 +68,24 @@ def run_query(config: BenchQueryConfig) -> None:
     print(json.dumps(result))
 
 
+class BenchScaleConfig(JobConfig):
+    rows: int = Field(5_000_000, gt=0, description="manifest rows to generate")
+    workdir: str | None = Field(
+        None, description="where the manifest and outputs go (default: a temporary folder)"
+    )
+
+
+def run_scale(config: BenchScaleConfig) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from pipeline.scale_benchmark import bench_scale
+
+    with tempfile.TemporaryDirectory(dir=config.workdir) as workdir:
+        result = bench_scale(config.rows, Path(workdir))
+    print(json.dumps(result))
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "bench",
@@ -122,6 +140,15 @@ def register(subparsers) -> None:
         run_query,
         summary="a quantile query over a generated manifest vs bare DuckDB on its files",
         example="fiqa bench query --rows 10000000",
+    )
+    register_verb(
+        what,
+        "scale",
+        BenchScaleConfig,
+        run_scale,
+        summary="filter, export, report and the shard lookup over an N-row manifest: peak "
+        "memory and seconds of each",
+        example="fiqa bench scale --rows 5000000",
     )
 
 

@@ -30,6 +30,9 @@ class ExportConfig(TableConfig, JsonSummary):
         1000, gt=0, description="wds, parquet --with-bytes: images per shard (part) at most"
     )
     with_bytes: bool = Field(False, description="parquet: also the image bytes")
+    dry_run: bool = Field(
+        False, description="plan the export and print its summary; read no image, write nothing"
+    )
 
     @model_validator(mode="after")
     def bytes_need_parquet(self) -> ExportConfig:
@@ -45,6 +48,7 @@ class ExportConfig(TableConfig, JsonSummary):
             dataset=self.dataset,
             shard_size=self.shard_size,
             with_bytes=self.with_bytes,
+            dry_run=self.dry_run,
             storage=self.storage(),
             catalog=self.catalog,
         )
@@ -53,12 +57,12 @@ class ExportConfig(TableConfig, JsonSummary):
 def run(config: ExportConfig) -> None:
     # Ray starts (or joins RAY_ADDRESS) on first use, by the targets that read images.
     summary = export(config.plan(), progress=print)
-    print_summary(summary)
+    print_summary(summary, config.dry_run)
     if config.json_output:
         print(json.dumps(summary.to_dict()))
 
 
-def print_summary(summary: ExportSummary) -> None:
+def print_summary(summary: ExportSummary, dry_run: bool = False) -> None:
     if summary.problems:
         counts = ", ".join(f"{k} {v}" for k, v in summary.problem_counts().items())
         print(f"not exported: {len(summary.problems)} kept images ({counts})")
@@ -72,6 +76,12 @@ def print_summary(summary: ExportSummary) -> None:
             print(f"  ... and {len(summary.problems) - SHOWN_PROBLEMS} more, all in {where}")
     noun = "shards" if summary.target == "wds" else "parts"
     shards = f" in {len(summary.shards)} {noun}" if summary.shards else ""
+    if dry_run:
+        print(
+            f"dry run: would export {summary.kept} kept images{shards} ({summary.selection}, "
+            f"snapshot {summary.snapshot_id}) as {summary.target} to {summary.out}"
+        )
+        return
     print(
         f"exported {summary.images} of {summary.kept} kept images{shards} "
         f"({summary.selection}, snapshot {summary.snapshot_id}) as {summary.target}"

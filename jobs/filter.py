@@ -10,7 +10,8 @@ from pydantic import Field
 
 from jobs.config import ConfigError, JsonSummary, TableConfig, register_verb, validate
 from pipeline.catalog import open_catalog
-from pipeline.policy import RULES, Filtered, FilterPolicy, filter_manifest
+from pipeline.filtering import Filtered, filter_manifest
+from pipeline.policy import RULES, FilterPolicy
 from pipeline.selection import selection_name
 
 

@@ -8,7 +8,7 @@ from jobs.config import ConfigError, TableConfig, register_verb
 from pipeline.catalog import open_catalog
 from pipeline.manifest import dataset_sources
 from pipeline.query import open_query
-from pipeline.report import write_report
+from pipeline.report import MEMORY_LIMIT, write_report
 from pipeline.report.edc import EdcError, load_edc
 from pipeline.selection import selection_info, selection_name
 
@@ -50,6 +50,7 @@ def run(config: ReportConfig) -> None:
         selections=[selection[0]] if selection else [],
         snapshot_id=config.snapshot,
         storage=storage,
+        memory_limit=MEMORY_LIMIT,
     )
     # Where the images are: the manifest's newest record of each dataset, else the selection's.
     sources = {**(selection[1].get("sources", {}) if selection else {})}

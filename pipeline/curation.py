@@ -30,11 +30,13 @@ from pipeline.catalog import CatalogConfig, open_catalog
 from pipeline.decode import OK
 from pipeline.export import ExportPlan, export
 from pipeline.export.base import RECORD
+from pipeline.filtering import filter_manifest
 from pipeline.maintenance import MaintenancePlan, maintain, same_rows
 from pipeline.manifest import dataset_sources
-from pipeline.policy import FilterPolicy, filter_manifest
+from pipeline.policy import FilterPolicy
 from pipeline.query import open_query
 from pipeline.report import INDEX, write_report
+from pipeline.report import MEMORY_LIMIT as REPORT_MEMORY
 from pipeline.runlog import append_run
 from pipeline.scoring import COMMIT_ATTEMPTS, ScoringPlan, score
 from pipeline.selection import SelectionError, selection_head
@@ -162,7 +164,9 @@ def select_and_publish(
     else:
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             try:
-                result = filter_manifest(catalog, plan.table, plan.selection, policy, plan.storage)
+                result = filter_manifest(
+                    catalog, plan.table, plan.selection, policy, plan.storage, progress=progress
+                )
                 break
             except CommitFailedException:
                 if attempt == COMMIT_ATTEMPTS:
@@ -188,7 +192,11 @@ def select_and_publish(
         progress(f"export: {result.images} images at {out}")
     if summary.selection_written and plan.report is not None:
         with open_query(
-            catalog, plan.table, selections=[plan.selection], storage=plan.storage
+            catalog,
+            plan.table,
+            selections=[plan.selection],
+            storage=plan.storage,
+            memory_limit=REPORT_MEMORY,
         ) as query:
             sources = {**info["sources"], **dataset_sources(catalog.load_table(plan.table))}
             report = write_report(

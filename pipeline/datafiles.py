@@ -14,6 +14,7 @@ metadata alone to hold one shard: `committed_shards` reads no data for those.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import urllib.parse
 import uuid
@@ -92,6 +93,14 @@ def write_data_file(
         key_metadata=None,
         **statistics.to_serialized_dict(),
     )
+
+
+def delete_data_files(data_files: Iterable[DataFile], storage: StorageOptions | None) -> None:
+    """Delete files that no snapshot references (a run that failed or lost its commit)."""
+    for data_file in data_files:
+        fs, path = arrow_filesystem(data_file.file_path, storage)
+        with contextlib.suppress(FileNotFoundError):
+            fs.delete_file(path)
 
 
 def pack(data_file: DataFile) -> bytes:

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError
-from pyiceberg.expressions import And, EqualTo
+from pyiceberg.expressions import And, BooleanExpression, EqualTo
 from pyiceberg.expressions.visitors import (
     expression_evaluator,
     inclusive_projection,
@@ -91,15 +91,26 @@ def open_table(catalog: Catalog, name: str = DEFAULT_TABLE) -> Table:
 
 
 def partition_files(table: Table, dataset: str, model_id: str) -> Iterator[DataFile]:
-    """The data files of the (dataset, model_id) partition in the current snapshot, one
-    manifest file read at a time (manifests of other partitions are skipped unread)."""
+    """The data files of the (dataset, model_id) partition in the current snapshot."""
     snapshot = table.current_snapshot()
     if snapshot is None:
+        return iter(())
+    wanted = And(EqualTo("dataset", dataset), EqualTo("model_id", model_id))
+    return snapshot_files(table, snapshot.snapshot_id, wanted)
+
+
+def snapshot_files(
+    table: Table, snapshot_id: int | None, partitions: BooleanExpression
+) -> Iterator[DataFile]:
+    """The data files of a snapshot in the partitions that `partitions` (an expression over
+    dataset and model_id) selects, one manifest file read at a time (manifests of other
+    partitions are skipped unread)."""
+    if snapshot_id is None:
         return
-    schema, wanted = table.schema(), And(EqualTo("dataset", dataset), EqualTo("model_id", model_id))
-    for manifest in snapshot.manifests(table.io):
+    schema = table.schema()
+    for manifest in table.snapshot_by_id(snapshot_id).manifests(table.io):
         spec = table.specs()[manifest.partition_spec_id]
-        partition_filter = inclusive_projection(schema, spec)(wanted)
+        partition_filter = inclusive_projection(schema, spec)(partitions)
         if not manifest_evaluator(spec, schema, partition_filter, True)(manifest):
             continue
         partition_schema = Schema(*spec.partition_type(schema).fields)

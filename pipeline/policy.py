@@ -18,21 +18,20 @@ leave them alone. A NaN quality counts as no quality. With `ok_only: false`, row
 ok have no quality: the quality rules pass them through (top-k ranks them last) and
 `min_images_per_identity` counts them.
 
-The policy compiles to one DuckDB SELECT over the manifest (window functions, no Python loop
-over rows), so it runs where the query layer runs and scales with DuckDB.
+The policy compiles to one DuckDB SELECT (window functions, no Python loop over rows). Over
+a small manifest it runs as it is; over a large one it runs once per bucket of identities
+(`pipeline/filtering.py`), with the global rule's cut-off computed beforehand (`Cut`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
-from pyiceberg.catalog import Catalog
 
-from pipeline.manifest import dataset_sources
-from pipeline.query import ManifestQuery, QueryError, open_query, sql_literal
-from pipeline.selection import KEPT, write_selection
-from pipeline.storage import StorageOptions
+from pipeline.query import ManifestQuery, QueryError, sql_literal
+from pipeline.selection import KEPT
 
 RULES = (
     "status",
@@ -113,6 +112,31 @@ BEST_FIRST = "quality DESC NULLS LAST, dataset DESC, image_id DESC"
 IDENTITY = "identity IS NOT NULL"
 
 
+@dataclass(frozen=True)
+class Cut:
+    """The global rule's cut-off: the last image it drops, in the policy's order (quality,
+    dataset, image_id); all None when it drops none."""
+
+    quality: float | None = None
+    dataset: str | None = None
+    image_id: str | None = None
+
+    def condition(self) -> str:
+        """Still-kept scored rows that rank at or below the cut-off."""
+        if self.quality is None:
+            return "FALSE"
+        q = (
+            f"CAST('{self.quality!r}' AS DOUBLE)"
+            if math.isinf(self.quality)
+            else repr(self.quality)
+        )
+        d, i = sql_literal(self.dataset), sql_literal(self.image_id)
+        return (
+            f"reason IS NULL AND quality IS NOT NULL AND (quality < {q} OR (quality = {q} AND "
+            f"(dataset < {d} OR (dataset = {d} AND image_id <= {i}))))"
+        )
+
+
 def _lowest_fraction(percent: float, by_identity: bool) -> str:
     """Row is among the floor(n * percent / 100) lowest-quality rows of its scope."""
     scope = "reason IS NULL AND quality IS NOT NULL" + (f" AND {IDENTITY}" if by_identity else "")
@@ -122,8 +146,9 @@ def _lowest_fraction(percent: float, by_identity: bool) -> str:
     return f"{scope} AND {rank} <= floor({count} * {percent!r} / 100 + 1e-9)"
 
 
-def policy_sql(policy: FilterPolicy, model_id: str) -> str:
-    """The SELECT that yields the selection rows (ARROW_SCHEMA of pipeline/selection.py)."""
+def policy_sql(policy: FilterPolicy, model_id: str, cut: Cut | None = None) -> str:
+    """The SELECT that yields the selection rows (ARROW_SCHEMA of pipeline/selection.py).
+    `cut`: the global rule's cut-off, when the query sees only a part of the manifest."""
     where = [f"model_id = {sql_literal(model_id)}"]
     if policy.datasets:
         where.append(f"dataset IN ({_strings(policy.datasets)})")
@@ -137,7 +162,11 @@ def policy_sql(policy: FilterPolicy, model_id: str) -> str:
     if policy.min_quality is not None:
         stages.append(_drop("min_quality", f"quality < {policy.min_quality!r}"))
     if policy.drop_bottom_percent:
-        condition = _lowest_fraction(policy.drop_bottom_percent, by_identity=False)
+        condition = (
+            _lowest_fraction(policy.drop_bottom_percent, by_identity=False)
+            if cut is None
+            else cut.condition()
+        )
         stages.append(_drop("drop_bottom_percent", condition))
     if policy.drop_bottom_percent_per_identity:
         condition = _lowest_fraction(policy.drop_bottom_percent_per_identity, by_identity=True)
@@ -176,34 +205,3 @@ def apply_policy(query: ManifestQuery, policy: FilterPolicy):
             + (f" in datasets {', '.join(policy.datasets)}" if policy.datasets else "")
         )
     return rows, model_id
-
-
-@dataclass(frozen=True)
-class Filtered:
-    snapshot_id: int  # of the selection
-    info: dict  # what the selection recorded (pipeline/selection.py)
-    model_id: str
-    unscored: list[str]  # datasets in scope that model_id has not scored
-
-
-def filter_manifest(
-    catalog: Catalog,
-    table: str,
-    name: str,
-    policy: FilterPolicy,
-    storage: StorageOptions | None = None,
-) -> Filtered:
-    """Apply `policy` to the current snapshot of manifest `table` and replace selection `name`
-    (a full table name) with the result."""
-    with open_query(catalog, table, selections=(), storage=storage) as query:
-        rows, model_id = apply_policy(query, policy)
-        unscored = unscored_datasets(query, model_id, policy.datasets)
-    info = {
-        "manifest": table,
-        "manifest_snapshot": query.snapshot_id,
-        "model_id": model_id,
-        "policy": policy.model_dump(exclude_none=True),
-        "sources": dataset_sources(catalog.load_table(table)),
-    }
-    snapshot, info = write_selection(catalog, name, rows, info)
-    return Filtered(snapshot, info, model_id, unscored)

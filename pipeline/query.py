@@ -179,9 +179,12 @@ def open_query(
     snapshot_id: int | None = None,
     as_of: datetime.datetime | None = None,
     storage: StorageOptions | None = None,
+    memory_limit: str | None = None,
 ) -> ManifestQuery:
     """`selections`: full table names to expose as well; None exposes every selection and run
-    log in the manifest's namespace. Selections are read at their current snapshot."""
+    log in the manifest's namespace. Selections are read at their current snapshot.
+    `memory_limit` (e.g. "512MB"): what DuckDB's own buffers may hold before they spill to
+    disk (default DuckDB's: 80% of the machine's memory)."""
     try:
         table = catalog.load_table(manifest_table)
     except NoSuchTableError:
@@ -194,7 +197,8 @@ def open_query(
         run_logs = tables_marked(catalog, namespace, RECORD_PROPERTY)
     # DuckDB's own spill files go to a private folder removed on close, not the working one.
     spill = tempfile.TemporaryDirectory(prefix="fiqa-query-")
-    connection = duckdb.connect(config={**_SANDBOX, "temp_directory": spill.name})
+    limit = {"memory_limit": memory_limit} if memory_limit else {}
+    connection = duckdb.connect(config={**_SANDBOX, "temp_directory": spill.name, **limit})
     connection.register(MANIFEST, snapshot_dataset(table, ARROW_SCHEMA, snapshot, storage))
     relations = [MANIFEST]
     for name in selections:

@@ -3,8 +3,9 @@
 A selection is an Iceberg table beside the manifest (in its namespace unless the name says
 otherwise) with one row per manifest row the policy looked at: dataset, image_id, shard,
 identity, status, quality, model_id, `keep`, and `reason` (`kept`, or the rule that dropped
-the image). Each `fiqa filter` replaces the table's contents in one commit (pyiceberg's
-overwrite: a delete snapshot, then an append snapshot) whose summaries hold `fiqa.selection`:
+the image). Each `fiqa filter` writes its rows as data files (one per bucket of identities,
+`pipeline/filtering.py`) and replaces the table's files with them in one overwrite snapshot
+whose summary holds `fiqa.selection`:
 JSON with the manifest table, model_id, policy, the summary of the rows (counts by reason,
 identities kept/dropped; `summarise`) and the sources of its datasets (URI, format, options),
 so that `fiqa export` can find the images without being told where they are.
@@ -21,14 +22,17 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
-from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
 from pyiceberg.expressions import AlwaysTrue, EqualTo
+from pyiceberg.manifest import DataFile
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.types import BooleanType, FloatType, NestedField, StringType
 
 from pipeline.catalog import NO_REBASE, ensure_namespace, with_properties
+from pipeline.datafiles import FileLayout, name_mapping, write_data_file
+from pipeline.storage import StorageOptions
 
 KEPT = "kept"
 INFO_PROPERTY = "fiqa.selection"
@@ -81,15 +85,9 @@ class Selection:
             ) from None
 
 
-def write_selection(catalog: Catalog, name: str, rows: pa.Table, info: dict) -> tuple[int, dict]:
-    """Replace the selection `name` (created if missing) with `rows`, recording `info` plus
-    the rows' summary; returns the snapshot id and the recorded info."""
-    rows = rows.select(ARROW_SCHEMA.names).cast(ARROW_SCHEMA)
-    summary = summarise(rows)
-    sources = {d: s for d, s in info.get("sources", {}).items() if d in summary["datasets"]}
-    info = {**info, "summary": summary, "sources": sources}
-    namespace = name.rpartition(".")[0]
-    ensure_namespace(catalog, namespace)
+def selection_table(catalog: Catalog, name: str) -> Table:
+    """The selection table `name`, created if missing; refused if it holds anything else."""
+    ensure_namespace(catalog, name.rpartition(".")[0])
     table = with_properties(
         catalog.create_table_if_not_exists(name, schema=ICEBERG_SCHEMA, properties=NO_REBASE),
         NO_REBASE,
@@ -97,13 +95,52 @@ def write_selection(catalog: Catalog, name: str, rows: pa.Table, info: dict) -> 
     current = table.current_snapshot()
     if current is not None and not current.summary.get(INFO_PROPERTY):
         raise SelectionError(f"{name} exists and is not a selection: refusing to replace it")
-    # A first write appends: overwriting an empty table warns that it deleted nothing.
-    write = table.overwrite if current else table.append
-    write(
-        rows,
-        snapshot_properties={INFO_PROPERTY: json.dumps(info, sort_keys=True)},
-    )
+    return table
+
+
+def commit_selection(
+    catalog: Catalog, name: str, data_files: list[DataFile], summary: dict, info: dict
+) -> tuple[int, dict]:
+    """Replace the rows of selection `name` with `data_files` (written into its location) in
+    one snapshot recording `info` and the rows' `summary`; returns the snapshot id and the
+    recorded info. Commits only onto the snapshot the table was loaded at: a lost race
+    deletes `data_files` and raises CommitFailedException."""
+    sources = {d: s for d, s in info.get("sources", {}).items() if d in summary["datasets"]}
+    info = {**info, "summary": summary, "sources": sources}
+    table = selection_table(catalog, name)
+    current = table.current_snapshot()
+    properties = {INFO_PROPERTY: json.dumps(info, sort_keys=True)}
+    try:
+        with table.transaction() as transaction:
+            if mapping := name_mapping(table):  # our files have no field ids: read by name
+                transaction.set_properties(mapping)
+            update = transaction.update_snapshot(properties)
+            with update.overwrite() if current else update.fast_append() as replace:
+                if current:
+                    for old in table.scan(snapshot_id=current.snapshot_id).plan_files():
+                        replace.delete_data_file(old.file)
+                for data_file in data_files:
+                    replace.append_data_file(data_file)
+    except CommitFailedException:  # another run replaced the selection first
+        for data_file in data_files:  # files no snapshot will reference
+            table.io.delete(data_file.file_path)
+        raise
     return table.current_snapshot().snapshot_id, info
+
+
+def write_selection(
+    catalog: Catalog,
+    name: str,
+    rows: pa.Table,
+    info: dict,
+    storage: StorageOptions | None = None,
+) -> tuple[int, dict]:
+    """Replace the selection `name` (created if missing) with `rows`, as `commit_selection`."""
+    rows = rows.select(ARROW_SCHEMA.names).cast(ARROW_SCHEMA)
+    layout = FileLayout.of(selection_table(catalog, name))
+    return commit_selection(
+        catalog, name, [write_data_file(rows, layout, storage)], summarise(rows), info
+    )
 
 
 def _current(catalog: Catalog, name: str) -> tuple[Table, Snapshot, dict]:
@@ -169,3 +206,30 @@ def summarise(rows: pa.Table) -> dict:
         **counts(rows),
         "datasets": {d: counts(rows.filter(pc.equal(rows["dataset"], d))) for d in datasets},
     }
+
+
+def merge_summaries(parts: list[dict]) -> dict:
+    """The summary of rows whose parts (`summarise` of each) share no identity."""
+    datasets: dict[str, dict] = {}
+    for part in parts:
+        for dataset, counts in part["datasets"].items():
+            datasets[dataset] = _add(datasets.get(dataset), counts)
+    total = None
+    for counts in datasets.values():
+        total = _add(total, counts)
+    return {**(total or _add(None, None)), "datasets": dict(sorted(datasets.items()))}
+
+
+def _add(a: dict | None, b: dict | None) -> dict:
+    a = a or {"by_reason": {}}
+    b = b or {"by_reason": {}}
+    counts = {
+        key: a.get(key, 0) + b.get(key, 0)
+        for key in ("images", "kept", "dropped", "identities", "identities_kept")
+    }
+    counts["identities_dropped"] = counts["identities"] - counts["identities_kept"]
+    reasons = {
+        r: a["by_reason"].get(r, 0) + b["by_reason"].get(r, 0)
+        for r in {*a["by_reason"], *b["by_reason"]}
+    }
+    return {**counts, "by_reason": dict(sorted(reasons.items()))}

@@ -1,5 +1,5 @@
-"""What every export target shares: the plan, the kept images in export order, problem rows,
-the summary (which is also the completion record) and committed writes."""
+"""What every export target shares: the plan, problem rows, the summary (which is also the
+completion record), export order and committed writes."""
 
 from __future__ import annotations
 
@@ -12,20 +12,18 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import islice
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import fsspec
-import pyarrow as pa
-import pyarrow.compute as pc
-from pyiceberg.catalog import Catalog
 
 from pipeline.catalog import CatalogConfig
-from pipeline.selection import Selection, load_selection
 from pipeline.storage import StorageOptions
+
+if TYPE_CHECKING:
+    from pipeline.export.kept import Kept
 
 RECORD = "_export.json"  # the completion record of a folder export, written last
 PARTIAL = "_partial"  # where a folder export's shards are written before they move into place
-KEY_COLUMNS = ("dataset", "image_id", "shard", "identity")
 MISSING, UNREADABLE, UNSUPPORTED = "missing", "unreadable", "unsupported"
 _DIGITS = re.compile(r"([0-9]+)")
 _LINES_PER_WRITE = 1 << 16
@@ -43,17 +41,9 @@ class ExportPlan:
     dataset: str | None = None  # None: every dataset with kept images
     shard_size: int = 1000  # wds, parquet with bytes: images per shard (part) at most
     with_bytes: bool = False  # parquet
+    dry_run: bool = False  # plan only: read no image, write nothing
     storage: StorageOptions | None = None
     catalog: CatalogConfig | None = None
-
-
-@dataclass(frozen=True)
-class Kept:
-    """The kept images of the chosen datasets, in export order."""
-
-    selection: Selection
-    datasets: list[str]
-    rows: pa.Table  # KEY_COLUMNS
 
 
 @dataclass
@@ -95,43 +85,15 @@ def natural_key(text: str | None) -> tuple:
     return (tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), text or "")
 
 
-def load_kept(catalog: Catalog, name: str) -> Selection:
-    """Selection `name` with only what an export reads: the key columns of the kept rows."""
-    return load_selection(catalog, name, kept_only=True, columns=KEY_COLUMNS)
-
-
-def kept_images(selection: Selection, dataset: str | None) -> Kept:
-    """The kept rows of `dataset` (or of every dataset) in (dataset, shard, image_id) order;
-    `selection` as `load_kept` reads it."""
-    rows = selection.rows
-    present = sorted(selection.info["summary"]["datasets"])
-    if dataset is not None:
-        if dataset not in present:
-            raise ExportError(
-                f"{selection.name} has no dataset {dataset!r}; it holds {', '.join(present)}"
-            )
-        rows = rows.filter(pc.equal(rows["dataset"], dataset))
-    if rows.num_rows == 0:
-        what = f" of {dataset}" if dataset else ""
-        raise ExportError(f"{selection.name} keeps no images{what}: nothing to export")
-    columns = [rows[c].to_pylist() for c in ("dataset", "shard", "image_id")]
-    order = sorted(
-        range(rows.num_rows),
-        key=lambda i: (columns[0][i], natural_key(columns[1][i]), natural_key(columns[2][i])),
-    )
-    rows = rows.take(pa.array(order, pa.int64()))
-    return Kept(selection, sorted(pc.unique(rows["dataset"]).to_pylist()), rows)
-
-
 def summary_for(kept: Kept, plan: ExportPlan) -> ExportSummary:
     # The recorded sources, as far as there are any: keys alone need none.
-    sources = kept.selection.info.get("sources", {})
+    sources = kept.info.get("sources", {})
     return ExportSummary(
         target=plan.target,
         out=plan.out,
-        selection=kept.selection.name,
-        snapshot_id=kept.selection.snapshot_id,
-        kept=kept.rows.num_rows,
+        selection=kept.name,
+        snapshot_id=kept.snapshot_id,
+        kept=kept.total,
         sources={d: sources[d] for d in kept.datasets if d in sources},
     )
 
@@ -174,8 +136,3 @@ def write_record(fs: fsspec.AbstractFileSystem, root: str, summary: ExportSummar
     with committed(fs, path) as f:
         f.write(json.dumps(summary.to_dict(), indent=1, sort_keys=True).encode())
     return path
-
-
-def every(total: int, parts: int = 20) -> int:
-    """Report progress each this many items: about `parts` lines however long the work."""
-    return max(1, total // parts)

@@ -8,53 +8,181 @@ exactly the K kept records. Labels stay the original class indices, so `property
 `identities.tsv` are the source's. `train.lst` maps each new key to the source image_id and
 class; `_export.json` records the `.rec` (format option `rec_file`), and on a local disk
 `train.rec` is a symlink to it, so the folder loads as it is.
+
+At scale: the driver reads the source `.idx` once in blocks, noting each block's smallest and
+largest key. Each group of kept keys (`kept.py`) reads only the blocks whose key range meets
+its own (a sorted index, as mxnet writes them, gives one or two blocks a group) and writes its
+records, numbered from 0, as a piece; the driver then writes `.idx` and `.lst` from the pieces
+in order, adding each piece's first new key.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import fsspec
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from pipeline.export.base import (
     MISSING,
     ExportError,
     ExportPlan,
     ExportSummary,
-    Kept,
     committed,
     problem,
     require_empty,
     summary_for,
-    write_lines,
     write_record,
 )
+from pipeline.export.kept import Group, Kept, for_each_group, plan_groups
 from pipeline.formats.rec import (
     IDX,
     NAMES,
     PROPERTY,
     REC,
     RecordError,
-    read_index_arrays,
     read_names,
     read_record_at,
     unpack_image_header,
 )
-from pipeline.storage import filesystem, parse_uri
+from pipeline.shuffle import Part
+from pipeline.storage import StorageOptions, arrow_filesystem, filesystem, parse_uri
 
 LST = "train.lst"
+BLOCK_BYTES = 16 << 20  # of the source .idx, read at once
+PIECE = pa.schema(
+    [("key", pa.int64()), ("offset", pa.int64()), ("image_id", pa.string()), ("label", pa.int64())]
+)
 
 
-def export_rec_idx(kept: Kept, plan: ExportPlan, progress=print) -> ExportSummary:
+@dataclass(frozen=True)
+class Block:
+    """Lines of the source `.idx`: bytes start .. start + size, keys lowest .. highest."""
+
+    start: int
+    size: int
+    lowest: int
+    highest: int
+
+
+def _parse(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, offsets) of `.idx` lines, in file order."""
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(data),
+            read_options=pacsv.ReadOptions(column_names=["key", "offset"]),
+            parse_options=pacsv.ParseOptions(delimiter="\t"),
+            convert_options=pacsv.ConvertOptions(
+                column_types={"key": pa.int64(), "offset": pa.int64()}
+            ),
+        )
+    except pa.ArrowInvalid as e:
+        raise ExportError(f"{where}: not 'key<TAB>offset' lines: {e}") from None
+    return table["key"].to_numpy(), table["offset"].to_numpy()
+
+
+def index_blocks(fs: fsspec.AbstractFileSystem, path: str) -> list[Block]:
+    """The `.idx` cut into blocks of whole lines, each with its key range (one pass)."""
+    blocks, start, carry = [], 0, b""
+    with fs.open(path, "rb") as f:
+        while True:
+            chunk = f.read(BLOCK_BYTES)
+            data = carry + chunk
+            cut = len(data) if not chunk else data.rfind(b"\n") + 1
+            block, carry = data[:cut], data[cut:]
+            if block.strip():
+                keys, _ = _parse(block, path)
+                blocks.append(Block(start, len(block), int(keys.min()), int(keys.max())))
+            start += len(block)
+            if not chunk:
+                return blocks
+
+
+def _index_entries(
+    uri: str, blocks: list[Block], lowest: int, highest: int, storage: StorageOptions | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, offsets) sorted by key of the index lines with keys in [lowest, highest]; a key
+    listed twice keeps its last offset, as mxnet's reader does."""
+    fs, path = arrow_filesystem(uri, storage)
+    keys, offsets = [], []
+    with fs.open_input_file(path) as f:
+        for block in blocks:
+            if block.highest < lowest or block.lowest > highest:
+                continue
+            k, o = _parse(f.read_at(block.size, block.start), uri)
+            inside = (k >= lowest) & (k <= highest)
+            keys.append(k[inside])
+            offsets.append(o[inside])
+    k = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+    o = np.concatenate(offsets) if offsets else np.zeros(0, np.int64)
+    last = len(k) - 1 - np.unique(k[::-1], return_index=True)[1]  # sorted keys, last listing
+    return k[last], o[last]
+
+
+def _piece(
+    group: Group,
+    rows: pa.Table,
+    idx_uri: str,
+    blocks: list[Block],
+    classes: dict[str, int],
+    folder: str,
+    storage: StorageOptions | None,
+) -> tuple[int, Part | None, int, list[dict]]:
+    """The group's records listed by the source index, by key, as a piece in scratch; and a
+    problem for each kept row the index does not list."""
+    image_ids = rows["image_id"].to_pylist()
+    keys = np.array([_record_key(i) for i in image_ids], np.int64)
+    valid = keys >= 0
+    index_keys, index_offsets = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if valid.any():
+        lowest, highest = int(keys[valid].min()), int(keys[valid].max())
+        index_keys, index_offsets = _index_entries(idx_uri, blocks, lowest, highest, storage)
+    at = np.searchsorted(index_keys, keys)
+    listed = np.zeros(len(keys), bool)
+    inside = at < len(index_keys)
+    listed[inside] = index_keys[at[inside]] == keys[inside]
+    datasets, shards = rows["dataset"].to_pylist(), rows["shard"].to_pylist()
+    problems = [
+        problem(datasets[i], image_ids[i], shards[i], MISSING, f"no record of {IDX} has this key")
+        for i in np.flatnonzero(~listed).tolist()
+    ]
+    chosen = np.flatnonzero(listed)
+    chosen = chosen[np.argsort(keys[chosen], kind="stable")]
+    if not len(chosen):
+        return group.number, None, 0, problems
+    identities = rows["identity"].to_pylist()
+    piece = pa.table(
+        {
+            "key": keys[chosen],
+            "offset": index_offsets[at[chosen]],
+            "image_id": [image_ids[i] for i in chosen.tolist()],
+            "label": [_label(identities[i], classes, image_ids[i]) for i in chosen.tolist()],
+        },
+        schema=PIECE,
+    )
+    uri = posixpath.join(folder, f"rec-{group.number:06d}.parquet")
+    fs, path = arrow_filesystem(uri, storage)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    with fs.open_output_stream(path) as out:
+        pq.write_table(piece, out)
+    return group.number, Part(uri), len(chosen), problems
+
+
+def export_rec_idx(kept: Kept, plan: ExportPlan, folder: str, progress=print) -> ExportSummary:
     if len(kept.datasets) > 1:
         raise ExportError(
-            f"{kept.selection.name} keeps images of {', '.join(kept.datasets)}; an index "
+            f"{kept.name} keeps images of {', '.join(kept.datasets)}; an index "
             "lists records of one .rec: choose the dataset with --dataset"
         )
     dataset = kept.datasets[0]
-    source = kept.selection.source(dataset)
+    source = kept.source(dataset)
     if source["format"] != "rec":
         raise ExportError(
             f"rec-idx indexes a rec dataset, and {dataset} is {source['format']} "
@@ -73,28 +201,37 @@ def export_rec_idx(kept: Kept, plan: ExportPlan, progress=print) -> ExportSummar
     summary.format_options = {"rec_file": rec_uri}
 
     # The source's files are read through the export's filesystem: same storage, checked above.
-    chosen, keys, offsets, summary.problems = _locate(kept, fs, posixpath.join(data.path, IDX))
-    if not chosen:
-        raise ExportError(f"none of the kept images of {dataset} is in {IDX}: nothing to export")
-    _check_first(fs, parse_uri(rec_uri).path, rec_uri, keys[0], offsets[0])
-    image_ids = kept.rows["image_id"].to_pylist()
+    idx_path = posixpath.join(data.path, IDX)
+    progress(f"reading the key ranges of {data.join(IDX).uri}")
+    blocks = index_blocks(fs, idx_path)
     names_path = posixpath.join(data.path, NAMES)
     names = read_names(fs, names_path) if fs.exists(names_path) else {}
     classes = {name: c for c, name in sorted(names.items(), reverse=True)}  # first class wins
-    identities = kept.rows["identity"].to_pylist()
-    labels = [_label(identities[i], classes, image_ids[i]) for i in chosen]
-
-    with committed(fs, posixpath.join(root, IDX)) as f:
-        write_lines(f, (f"{new}\t{offset}\n" for new, offset in enumerate(offsets)))
-    with committed(fs, posixpath.join(root, LST)) as f:
-        write_lines(
-            f,
-            (
-                f"{new}\t{image_ids[i]}\t{label}\n"
-                for new, (i, label) in enumerate(zip(chosen, labels, strict=True))
-            ),
-        )
+    pieces: list[tuple[int, Part | None, int, list[dict]]] = []
+    work = (data.join(IDX).uri, blocks, classes, folder, plan.storage)
+    groups = plan_groups(kept.shards)
+    for_each_group(kept, groups, _piece, work, pieces.append, folder, plan.storage, progress)
+    pieces.sort(key=lambda p: p[0])
+    summary.problems = [p for *_, problems in pieces for p in problems]
+    summary.images = sum(count for _, _, count, _ in pieces)
+    if not summary.images:
+        raise ExportError(f"none of the kept images of {dataset} is in {IDX}: nothing to export")
+    first = next(part for _, part, _, _ in pieces if part is not None)
+    with _open(first, plan.storage) as f:
+        head = pq.ParquetFile(f).read_row_group(0, columns=["key", "offset"]).slice(0, 1)
+    _check_first(
+        fs, parse_uri(rec_uri).path, rec_uri, head["key"][0].as_py(), head["offset"][0].as_py()
+    )
     summary.files = [IDX, LST]
+    if plan.dry_run:
+        return summary
+    parts = [part for _, part, _, _ in pieces if part is not None]
+    with committed(fs, posixpath.join(root, IDX)) as f:
+        for block in _lines(parts, ("offset",), plan.storage):
+            f.write(block)
+    with committed(fs, posixpath.join(root, LST)) as f:
+        for block in _lines(parts, ("image_id", "label"), plan.storage):
+            f.write(block)
     for name in (PROPERTY, NAMES):
         if fs.exists(posixpath.join(data.path, name)):
             fs.copy(posixpath.join(data.path, name), posixpath.join(root, name))
@@ -102,32 +239,31 @@ def export_rec_idx(kept: Kept, plan: ExportPlan, progress=print) -> ExportSummar
     if out.protocol == "file":  # insightface opens root/train.rec
         os.symlink(parse_uri(rec_uri).path, posixpath.join(root, REC))
         summary.files.append(REC)
-    summary.images = len(chosen)
     progress(f"{IDX}: {summary.images} records of {rec_uri}")
     write_record(fs, root, summary)
     return summary
 
 
-def _locate(
-    kept: Kept, fs: fsspec.AbstractFileSystem, idx_path: str
-) -> tuple[list[int], list[int], list[int], list[dict]]:
-    """The kept rows that `idx_path` lists, in source key order, with their keys and offsets;
-    and a problem for each kept row it does not list."""
-    image_ids = kept.rows["image_id"].to_pylist()
-    keys = np.array([_record_key(i) for i in image_ids], np.int64)
-    index_keys, index_offsets = read_index_arrays(fs, idx_path)
-    at = np.searchsorted(index_keys, keys)
-    listed = np.zeros(len(keys), bool)
-    inside = at < len(index_keys)
-    listed[inside] = index_keys[at[inside]] == keys[inside]
-    datasets, shards = kept.rows["dataset"].to_pylist(), kept.rows["shard"].to_pylist()
-    problems = [
-        problem(datasets[i], image_ids[i], shards[i], MISSING, f"no record of {IDX} has this key")
-        for i in np.flatnonzero(~listed).tolist()
-    ]
-    chosen = np.flatnonzero(listed)
-    chosen = chosen[np.argsort(keys[chosen], kind="stable")]
-    return chosen.tolist(), keys[chosen].tolist(), index_offsets[at[chosen]].tolist(), problems
+def _open(part: Part, storage: StorageOptions | None):
+    fs, path = arrow_filesystem(part.path, storage)
+    return fs.open_input_file(path)
+
+
+def _lines(
+    parts: list[Part], columns: tuple[str, ...], storage: StorageOptions | None
+) -> Iterator[bytes]:
+    """Blocks of `new key<TAB>column...` lines of the pieces in order, new keys from 0."""
+    new = 0
+    options = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none")
+    for part in parts:
+        with _open(part, storage) as f:
+            for batch in pq.ParquetFile(f).iter_batches(columns=list(columns)):
+                keys = pa.array(np.arange(new, new + len(batch), dtype=np.int64))
+                lines = pa.Table.from_arrays([keys, *batch.columns], ["key", *columns])
+                block = io.BytesIO()
+                pacsv.write_csv(lines, block, options)
+                yield block.getvalue()
+                new += len(batch)
 
 
 def _record_key(image_id: str) -> int:

@@ -1,12 +1,13 @@
 """The kept samples, streamed from their source shards by the tasks that write the output.
 
-The driver plans from the selection alone: the K kept rows in export order are numbered
-0 .. K-1 (a row's position, which is also its sample key) and cut into output shards of
-`balanced_sizes(K, shard_size)` consecutive positions. The rows of one source shard are
-adjacent in export order, so each output is a run of slices: one source shard and the
-image_ids wanted from it. A source shard on an output's boundary is read by both outputs'
-tasks, each taking its own slice: reading it twice is the price of never gathering samples
-anywhere but in the task that writes them.
+The K kept images, numbered 0 .. K-1 in export order (a row's position, which is also its
+sample key), are cut into output shards of `balanced_sizes(K, shard_size)` consecutive
+positions. Each group of kept keys (`kept.py`, cut at output boundaries) writes the keys of
+its outputs into a scratch file, one row group per output, so the driver holds no key. The
+rows of one source shard are adjacent in export order, so each output is a run of slices:
+one source shard and the image_ids wanted from it. A source shard on an output's boundary is
+read by both outputs' tasks, each taking its own slice: reading it twice is the price of
+never gathering samples anywhere but in the task that writes them.
 
 One Ray task per output streams its slices through the format's reader (`wanted_rows`),
 stops a shard once all its wanted ids have come by, and hands the samples to its writer in
@@ -19,13 +20,11 @@ and makes its output one smaller, so output sizes stay balanced to within the fa
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.compute as pc
-import ray
-from ray.remote_function import RemoteFunction
+import pyarrow as pa
 
 from pipeline.datasource import wanted_rows
 from pipeline.export.base import (
@@ -36,15 +35,15 @@ from pipeline.export.base import (
     ExportError,
     ExportPlan,
     ExportSummary,
-    Kept,
-    every,
     problem,
     require_empty,
     summary_for,
     write_record,
 )
+from pipeline.export.kept import Group, Kept, for_each_group, plan_groups
 from pipeline.formats import get_format
 from pipeline.formats.base import OK, Shard, ShardError
+from pipeline.shuffle import Part, read_parts, run_tasks, scatter
 from pipeline.storage import StorageOptions, filesystem
 
 # Leading bytes of the image formats a WebDataset shard names by extension.
@@ -86,62 +85,64 @@ class Slice:
 
 @dataclass(frozen=True)
 class Output:
-    """One output shard (or part): the positions first .. first + planned - 1."""
+    """One output shard (or part): the positions first .. first + planned - 1, whose keys are
+    in `keys` (position, dataset, shard, image_id, identity)."""
 
     name: str
     first: int
     planned: int
-    slices: list[Slice]
+    keys: Part
 
 
-@dataclass(frozen=True)
-class Plan:
-    outputs: list[Output]
-    problems: list[tuple[int, dict]]  # (position, problem): kept rows whose shard is gone
-    source_shards: int  # distinct source shards read
+def _outputs(
+    group: Group,
+    rows: pa.Table,
+    starts: np.ndarray,
+    name_pattern: str,
+    folder: str,
+    storage: StorageOptions | None,
+) -> list[Output]:
+    """The outputs of a group (which begins and ends at output boundaries), keys in scratch."""
+    number = np.searchsorted(starts, rows["position"].to_numpy(), side="right") - 1
+    parts = scatter(rows, number, folder, storage)
+    return [
+        Output(name_pattern.format(i), int(starts[i]), int(starts[i + 1] - starts[i]), part)
+        for i, part in sorted(parts.items())
+    ]
 
 
-def plan_outputs(
-    kept: Kept, storage: StorageOptions | None, shard_size: int, name_pattern: str
-) -> Plan:
-    """Cuts the kept rows into outputs of balanced size, each a run of source slices."""
-    rows = kept.rows.combine_chunks()
-    sizes = balanced_sizes(rows.num_rows, shard_size)
-    starts = np.cumsum([0, *sizes])  # output i holds positions starts[i] .. starts[i+1] - 1
-    # A new slice begins wherever the (dataset, shard) changes or an output begins.
-    changed = np.zeros(rows.num_rows, bool)
-    for name in ("dataset", "shard"):
-        column = rows[name]
-        changed[1:] |= pc.fill_null(pc.not_equal(column[1:], column[:-1]), True).to_numpy(
-            zero_copy_only=False
-        )
-    bounds = np.union1d(np.flatnonzero(changed), starts)  # starts holds 0 and K
-    listed = {d: _listed_shards(kept, d, storage) for d in kept.datasets}
-    slices: list[list[Slice]] = [[] for _ in sizes]
-    problems, read = [], set()
-    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-        dataset, key = rows["dataset"][lo].as_py(), rows["shard"][lo].as_py()
-        image_ids = rows["image_id"].slice(lo, hi - lo).to_pylist()
+def _slices(
+    output: Output,
+    listed: dict[str, dict[str, Shard]],
+    sources: dict[str, dict],
+    storage: StorageOptions | None,
+    problems: list[tuple[int, dict]],
+) -> list[Slice]:
+    """The output's runs of one source shard each; kept rows of a shard that is gone are
+    `problems`."""
+    rows = read_parts([output.keys], ("position", "dataset", "shard", "image_id"), storage)
+    datasets, shards = rows["dataset"].to_pylist(), rows["shard"].to_pylist()
+    image_ids, positions = rows["image_id"].to_pylist(), rows["position"].to_pylist()
+    slices, lo = [], 0
+    for hi in range(1, len(rows) + 1):
+        if hi < len(rows) and (datasets[hi], shards[hi]) == (datasets[lo], shards[lo]):
+            continue
+        dataset, key = datasets[lo], shards[lo]
         shard = listed[dataset].get(key)
         if shard is None:
-            message = f"shard {key} is no longer in {kept.selection.source(dataset)['data']}"
+            message = f"shard {key} is no longer in {sources[dataset]['data']}"
             problems += [
-                (lo + i, problem(dataset, image_id, key, MISSING, message))
-                for i, image_id in enumerate(image_ids)
+                (positions[i], problem(dataset, image_ids[i], key, MISSING, message))
+                for i in range(lo, hi)
             ]
-            continue
-        output = int(np.searchsorted(starts, lo, side="right")) - 1
-        slices[output].append(Slice(dataset, kept.selection.source(dataset), shard, lo, image_ids))
-        read.add((dataset, key))
-    outputs = [
-        Output(name_pattern.format(i), int(starts[i]), size, slices[i])
-        for i, size in enumerate(sizes)
-    ]
-    return Plan(outputs, problems, len(read))
+        else:
+            slices.append(Slice(dataset, sources[dataset], shard, positions[lo], image_ids[lo:hi]))
+        lo = hi
+    return slices
 
 
 def _listed_shards(kept: Kept, dataset: str, storage: StorageOptions | None) -> dict[str, Shard]:
-    source = kept.selection.source(dataset)
+    source = kept.source(dataset)
     fs, root = filesystem(source["data"], storage)
     fmt = get_format(source["format"], **source["format_options"])
     try:
@@ -152,6 +153,8 @@ def _listed_shards(kept: Kept, dataset: str, storage: StorageOptions | None) -> 
 
 def samples(
     output: Output,
+    listed: dict[str, dict[str, Shard]],
+    sources: dict[str, dict],
     storage: StorageOptions | None,
     problems: list[tuple[int, dict]],
     *,
@@ -159,8 +162,9 @@ def samples(
 ) -> Iterator[tuple[int, dict]]:
     """(position, sample) of the output's deliverable images in export order; the others go
     to `problems`. A sample: dataset, image_id, identity, image and, with `name_extensions`,
-    `ext` (the bytes' image format; images of no known format are `unsupported`)."""
-    for piece in output.slices:
+    `ext` (the bytes' image format; images of no known format are `unsupported`). `listed`:
+    each dataset's source shards by key; `sources`: where each dataset is."""
+    for piece in _slices(output, listed, sources, storage, problems):
         waiting: dict[int, tuple[dict | None, dict | None]] = {}
         turn = 0  # index into the slice of the next sample due
         for index, settled in _outcomes(piece, storage, name_extensions):
@@ -212,32 +216,55 @@ def _outcome(piece: Slice, row: dict, name_extensions: bool) -> tuple[dict | Non
     return {**sample, "image": row["image"], "ext": ext}, None
 
 
+def _produce(
+    output: Output,
+    out: str,
+    storage: StorageOptions | None,
+    write: Callable,
+    listed: dict[str, dict[str, Shard]],
+    sources: dict[str, dict],
+) -> tuple[Output, int, list[tuple[int, dict]]]:
+    return output, *write(output, out, storage, listed, sources)
+
+
 def export_outputs(
     kept: Kept,
     plan: ExportPlan,
-    write: RemoteFunction,
+    write: Callable,
     name_pattern: str,
     noun: str,
+    folder: str,
     progress=print,
 ) -> ExportSummary:
-    """A folder export of planned outputs: `write(output, out, storage)`, a Ray task returning
-    (images written, [(position, problem)]), makes each one; Ray bounds how many run at once
-    by their CPU requests. The completion record comes last."""
+    """A folder export of planned outputs: `write(output, out, storage, listed, sources)`,
+    run in a Ray task, returns (images written, [(position, problem)]) of each. The
+    completion record comes last."""
     fs, root = filesystem(plan.out, plan.storage)
     require_empty(fs, root, plan.out)
     summary = summary_for(kept, plan)
-    planned = plan_outputs(kept, plan.storage, plan.shard_size, name_pattern)
+    starts = np.cumsum([0, *balanced_sizes(kept.total, plan.shard_size)])
+    outputs: list[Output] = []
+    groups = plan_groups(kept.shards, starts[:-1])
+    work = (starts, name_pattern, folder, plan.storage)
+    for_each_group(kept, groups, _outputs, work, outputs.extend, folder, plan.storage, progress)
+    outputs.sort(key=lambda o: o.first)
     progress(
-        f"writing {kept.rows.num_rows} images into {len(planned.outputs)} {noun} "
-        f"from {planned.source_shards} source shards"
+        f"{'planned' if plan.dry_run else 'writing'} {kept.total} images into {len(outputs)} "
+        f"{noun} from {len(kept.shards)} source shards"
     )
-    tasks = [write.remote(output, plan.out, plan.storage) for output in planned.outputs]
-    pending, step = list(tasks), every(len(tasks))
-    while pending:
-        _, pending = ray.wait(pending, num_returns=min(step, len(pending)))
-        progress(f"wrote {len(tasks) - len(pending)}/{len(tasks)} {noun}")
-    problems = list(planned.problems)
-    for output, (images, failed) in zip(planned.outputs, ray.get(tasks), strict=True):
+    if plan.dry_run:
+        summary.shards = [{"name": o.name, "first": o.first, "planned": o.planned} for o in outputs]
+        summary.files = [o.name for o in outputs]
+        return summary
+    listed = {d: _listed_shards(kept, d, plan.storage) for d in kept.datasets}
+    sources = {d: kept.source(d) for d in kept.datasets}
+    written: list[tuple[Output, int, list[tuple[int, dict]]]] = []
+    calls = [(output, plan.out, plan.storage) for output in outputs]
+    run_tasks(
+        _produce, calls, progress, f"wrote {noun}", written.append, shared=(write, listed, sources)
+    )
+    problems = []
+    for output, images, failed in sorted(written, key=lambda w: w[0].first):
         shard = {"name": output.name, "first": output.first, "planned": output.planned}
         summary.shards.append({**shard, "images": images})
         problems += failed

@@ -16,23 +16,23 @@ from __future__ import annotations
 import posixpath
 import tarfile
 
-import ray
-
-from pipeline.export.base import PARTIAL, ExportPlan, ExportSummary, Kept
+from pipeline.export.base import PARTIAL, ExportPlan, ExportSummary
+from pipeline.export.kept import Kept
 from pipeline.export.samples import Output, export_outputs, samples
 from pipeline.formats.wds import SHARD_PATTERN, WdsWriter
 from pipeline.storage import StorageOptions, filesystem
 
 
-@ray.remote
 def _write_shard(
-    output: Output, out: str, storage: StorageOptions | None
+    output: Output, out: str, storage: StorageOptions | None, listed: dict, sources: dict
 ) -> tuple[int, list[tuple[int, dict]]]:
     fs, root = filesystem(out, storage)
     staging = posixpath.join(root, PARTIAL, output.name)  # WdsWriter names its one tar
     problems: list[tuple[int, dict]] = []
     with WdsWriter(fs, staging, max(1, output.planned)) as writer:
-        for position, s in samples(output, storage, problems, name_extensions=True):
+        for position, s in samples(
+            output, listed, sources, storage, problems, name_extensions=True
+        ):
             meta = {"dataset": s["dataset"], "image_id": s["image_id"]}
             writer.write(f"{position:09d}", s["identity"], s["image"], s["ext"], meta)
     staged = posixpath.join(staging, SHARD_PATTERN.format(0))
@@ -43,5 +43,5 @@ def _write_shard(
     return writer.count, problems
 
 
-def export_wds(kept: Kept, plan: ExportPlan, progress=print) -> ExportSummary:
-    return export_outputs(kept, plan, _write_shard, SHARD_PATTERN, "shards", progress)
+def export_wds(kept: Kept, plan: ExportPlan, folder: str, progress=print) -> ExportSummary:
+    return export_outputs(kept, plan, _write_shard, SHARD_PATTERN, "shards", folder, progress)

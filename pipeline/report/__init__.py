@@ -20,6 +20,9 @@ from pipeline.report.thumbnails import FOLDER, thumbnails
 from pipeline.storage import StorageOptions, filesystem, parse_uri
 
 INDEX = "index.html"
+# What DuckDB may hold for the report's queries before it spills: the per-identity aggregates
+# grow with the manifest, the report's memory must not.
+MEMORY_LIMIT = "512MB"
 
 
 class ReportError(ValueError):
@@ -45,7 +48,7 @@ def write_report(
     storage: StorageOptions | None = None,
     progress: Callable[[str], None] = print,
 ) -> ReportSummary:
-    """Write the report into `out` (a directory URI).
+    """Write the report into `out` (a directory URI); `query` opened with MEMORY_LIMIT.
 
     `sources`: dataset -> {"data", "format", "format_options"} for the thumbnails;
     `selection`: (full table name, its info), exposed in `query` by its bare name;

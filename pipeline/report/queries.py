@@ -176,14 +176,18 @@ def thumbnail_rows(
         f"(SELECT 'highest' AS grp, {columns} FROM manifest WHERE {where} "
         f"ORDER BY quality DESC, {order} LIMIT {n})"
     )
-    if selection is None:
-        sql = f"SELECT *, NULL::VARCHAR AS reason FROM ({groups}) AS g"
-    else:
-        sql = (
-            f"SELECT g.*, s.reason FROM ({groups}) AS g LEFT JOIN {identifier(selection)} AS s "
-            "USING (dataset, image_id, model_id)"
-        )
-    rows = query.sql(sql).to_pylist()
+    rows = query.sql(groups).to_pylist()
+    reasons: dict[tuple[str, str], str] = {}
+    if selection is not None and rows:
+        # The selection is asked for these rows alone: a join would hash all of it.
+        image_ids = ", ".join(sorted({sql_literal(r["image_id"]) for r in rows}))
+        found = query.sql(
+            f"SELECT dataset, image_id, reason FROM {identifier(selection)} "
+            f"WHERE model_id = {sql_literal(model_id)} AND image_id IN ({image_ids})"
+        ).to_pylist()
+        reasons = {(r["dataset"], r["image_id"]): r["reason"] for r in found}
+    for row in rows:
+        row["reason"] = reasons.get((row["dataset"], row["image_id"]))
     rank = {"lowest": 0, "median": 1, "highest": 2}
     return sorted(rows, key=lambda r: (rank[r["grp"]], r["quality"], r["dataset"], r["image_id"]))
 

@@ -14,10 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset
 
+from pipeline import shuffle
 from pipeline.catalog import CatalogConfig, open_catalog
-from pipeline.export import ExportError, ExportPlan, export
-from pipeline.export.base import kept_images, load_kept, natural_key
-from pipeline.export.samples import balanced_sizes, plan_outputs
+from pipeline.export import ExportError, ExportPlan, export, rec_idx
+from pipeline.export import kept as kept_keys
+from pipeline.export.base import natural_key
+from pipeline.export.samples import balanced_sizes
 from pipeline.formats import get_format
 from pipeline.formats.rec import (
     ImageHeader,
@@ -108,6 +110,16 @@ def home(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def groups(request, monkeypatch):
+    """ "one": the kept keys in one group, sorted here; "many": groups of 3 keys, sent to Ray
+    tasks through scratch files by map tasks of 10 selection rows."""
+    if request.param == "many":
+        monkeypatch.setattr(kept_keys, "ROWS_PER_GROUP", 3)
+        monkeypatch.setattr(shuffle, "ROWS_PER_MAP", 10)
+    return request.param
+
+
+@pytest.fixture
 def rec(tmp_path):
     uri = str(tmp_path / "rec")
     return uri, write_dataset("rec", uri, identities=4, per_identity=5)
@@ -130,7 +142,8 @@ def lst_of(path: str) -> list[tuple[int, str, int]]:
 
 
 @pytest.mark.parametrize("via", ["rec_file", "symlink"])
-def test_rec_idx_reads_back_as_exactly_the_kept_set(tmp_path, rec, via):
+@pytest.mark.parametrize("groups", ["one", "many"], indirect=True)
+def test_rec_idx_reads_back_as_exactly_the_kept_set(ray_local, tmp_path, rec, via, groups):
     uri, samples = rec
     keep = {1, 2, 3, 7, 8, 12, 19}  # samples 0..19 are records 1..20; record 0 is the header
     kept = select({"faces": (uri, "rec", samples)}, lambda _, n: n in keep)
@@ -206,7 +219,8 @@ def test_rec_idx_refuses_a_first_record_with_header_flag(tmp_path):
     assert summary.images == 5
 
 
-def test_rec_idx_reports_kept_images_the_index_lacks(tmp_path, rec):
+@pytest.mark.parametrize("groups", ["one", "many"], indirect=True)
+def test_rec_idx_reports_kept_images_the_index_lacks(ray_local, tmp_path, rec, groups):
     uri, samples = rec
     select({"faces": (uri, "rec", samples)}, lambda _, n: n < 6)
     lines = Path(uri, "train.idx").read_text().splitlines()
@@ -217,6 +231,29 @@ def test_rec_idx_reports_kept_images_the_index_lacks(tmp_path, rec):
     assert [(p["image_id"], p["problem"]) for p in summary.problems] == [("train.rec#4", "missing")]
     record = json.loads((tmp_path / "export" / "_export.json").read_text())
     assert record["problem_counts"] == {"missing": 1}
+
+
+def test_rec_idx_reads_an_unsorted_index_in_blocks(ray_local, tmp_path, rec, monkeypatch):
+    # Blocks of about two lines, the lines shuffled and one key listed twice (the last
+    # listing wins, as in mxnet): every group still finds exactly its records.
+    uri, samples = rec
+    monkeypatch.setattr(rec_idx, "BLOCK_BYTES", 16)
+    monkeypatch.setattr(kept_keys, "ROWS_PER_GROUP", 3)
+    lines = Path(uri, "train.idx").read_text().splitlines()
+    offsets = dict(ln.split("\t") for ln in lines)
+    shuffled = lines[::2][::-1] + lines[1::2] + [f"5\t{offsets['5']}"]
+    Path(uri, "train.idx").write_text(
+        "".join(f"{ln}\n" for ln in [f"5\t{offsets['9']}", *shuffled])
+    )
+    kept = select({"faces": (uri, "rec", samples)}, lambda _, n: n % 4 != 2)
+    out = str(tmp_path / "export")
+    summary = run("rec-idx", out)
+    assert summary.images == len(kept) and summary.problems == []
+    back = samples_of("rec", out)
+    original = {f"train.rec#{k}": image_id for k, image_id, _ in lst_of(f"{out}/train.lst")}
+    assert [(original[r["image_id"]], r["image"]) for r in back] == [
+        (s["image_id"], s["image"]) for _, s in kept
+    ]
 
 
 def test_rec_idx_needs_one_rec_dataset(tmp_path, rec):
@@ -307,7 +344,8 @@ def test_wds_export_reads_back_with_webdataset(ray_local, tmp_path, two_sources)
         assert Path(out, name).read_bytes() == Path(again, name).read_bytes()
 
 
-def test_missing_and_unreadable_kept_images_are_reported(ray_local, tmp_path):
+@pytest.mark.parametrize("groups", ["one", "many"], indirect=True)
+def test_missing_and_unreadable_kept_images_are_reported(ray_local, tmp_path, groups):
     uri = str(tmp_path / "wds")
     samples = write_dataset("wds", uri, identities=4, per_identity=5)  # 4 shards of 5
     ghost = {**samples[0], "image_id": "shard-000000.tar/nobody_00"}  # never was in the shard
@@ -382,37 +420,27 @@ def test_a_missing_source_image_makes_its_shard_one_smaller(ray_local, tmp_path)
     ]
 
 
-def test_boundary_source_shards_are_split_across_output_shards(ray_local, tmp_path, two_sources):
+@pytest.mark.parametrize("groups", ["one", "many"], indirect=True)
+def test_boundary_source_shards_are_split_across_output_shards(
+    ray_local, tmp_path, two_sources, groups
+):
     # Output shards of at most 4 over the rec source (one record range of 20, so a slice of
     # it in five outputs) and the wds source (tars of 5, 5 and 2): source shards straddle
     # output boundaries, and the two datasets meet inside one output.
     kept = select(two_sources, lambda d, n: n % 7 != 3)
-    keys = [(d, s["image_id"]) for d, s in kept]
-    shard_of = {(d, s["image_id"]): s["shard"] for d, s in kept}
-    plan = plan_outputs(kept_images(load_kept(open_catalog(), SELECTION), None), None, 4, "{}")
-    assert [o.planned for o in plan.outputs] == balanced_sizes(len(kept), 4) == [4] * 6 + [3]
-    assert plan.problems == [] and plan.source_shards == 1 + 3
-    readers: dict[tuple, list[int]] = {}  # source shard -> the outputs that read a slice of it
-    for number, output in enumerate(plan.outputs):
-        covered = []
-        for piece in output.slices:
-            ids = [(piece.dataset, i) for i in piece.image_ids]
-            assert ids == keys[piece.first : piece.first + len(ids)]  # positions match
-            assert {shard_of[k] for k in ids} == {piece.shard.key}
-            readers.setdefault((piece.dataset, piece.shard.key), []).append(number)
-            covered += ids
-        assert covered == keys[output.first : output.first + output.planned]
-    assert sorted(len(r) for r in readers.values()) == [1, 2, 2, 5]  # each a slice of its own
+    planned = run("wds", str(tmp_path / "plan"), shard_size=4, dry_run=True)
+    assert [s["planned"] for s in planned.shards] == balanced_sizes(len(kept), 4) == [4] * 6 + [3]
+    assert not (tmp_path / "plan").exists()
 
     out = str(tmp_path / "export")
     summary = run("wds", out, shard_size=4)
     assert summary.problems == [] and summary.images == len(kept)
     exported = []
-    for number, output in enumerate(plan.outputs):
+    for number, output in enumerate(planned.shards):
         name = f"shard-{number:06d}.tar"
         samples = list(webdataset.WebDataset(f"{out}/{name}", shardshuffle=False))
-        first = output.first
-        assert [int(s["__key__"]) for s in samples] == list(range(first, first + output.planned))
+        first = output["first"]
+        assert [int(s["__key__"]) for s in samples] == list(range(first, first + output["planned"]))
         exported += [(json.loads(s["json"]), s["jpg"]) for s in samples]
     assert [(m["dataset"], m["image_id"], m["identity"], jpg) for m, jpg in exported] == triples(
         kept
@@ -445,7 +473,8 @@ def test_samples_come_out_in_export_order_whatever_the_reader_order(ray_local, t
 # --- list and parquet -------------------------------------------------------------------------
 
 
-def test_list_holds_the_kept_keys(tmp_path, two_sources):
+@pytest.mark.parametrize("groups", ["one", "many"], indirect=True)
+def test_list_holds_the_kept_keys(ray_local, tmp_path, two_sources, groups):
     kept = select(two_sources, lambda d, n: n % 2 == 0)
     out = tmp_path / "lists" / "kept.tsv"
     summary = run("list", str(out))
@@ -456,7 +485,8 @@ def test_list_holds_the_kept_keys(tmp_path, two_sources):
     assert os.listdir(out.parent) == ["kept.tsv"]  # no temporary file left
 
 
-def test_parquet_holds_the_kept_keys(tmp_path, two_sources):
+@pytest.mark.parametrize("groups", ["one", "many"], indirect=True)
+def test_parquet_holds_the_kept_keys(ray_local, tmp_path, two_sources, groups):
     kept = select(two_sources, lambda d, n: n % 3 != 0)
     out = tmp_path / "out" / "kept.parquet"
     run("parquet", str(out))
@@ -468,7 +498,8 @@ def test_parquet_holds_the_kept_keys(tmp_path, two_sources):
     assert os.listdir(out.parent) == ["kept.parquet"]  # no temporary file left
 
 
-def test_parquet_with_bytes_is_written_in_parts(ray_local, tmp_path, two_sources):
+@pytest.mark.parametrize("groups", ["one", "many"], indirect=True)
+def test_parquet_with_bytes_is_written_in_parts(ray_local, tmp_path, two_sources, groups):
     uri, fmt, samples = two_sources["faces-wds"]
     ghost = {**samples[0], "image_id": "shard-000000.tar/nobody_00"}  # never was in the shard
     sources = {**two_sources, "faces-wds": (uri, fmt, [samples[0], ghost, *samples[1:]])}

@@ -16,6 +16,7 @@ from jobs.maintain import MaintainConfig
 from pipeline.catalog import open_catalog
 from pipeline.curation import CurationPlan, curate, current_selection
 from pipeline.datafiles import FileLayout, append_files, write_data_file
+from pipeline.filtering import filter_manifest
 from pipeline.maintenance import MAINTENANCE, MaintenancePlan, bins, maintain
 from pipeline.manifest import (
     committed_shards,
@@ -24,7 +25,7 @@ from pipeline.manifest import (
     open_table,
     partition_files,
 )
-from pipeline.policy import FilterPolicy, filter_manifest
+from pipeline.policy import FilterPolicy
 from pipeline.query import QueryError, open_query
 from pipeline.runlog import read_runs
 from pipeline.selection import load_selection

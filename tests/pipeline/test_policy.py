@@ -167,7 +167,7 @@ def test_nan_is_no_quality_and_unlabelled_rows_belong_to_no_identity(tmp_path):
 def test_a_selection_write_that_loses_a_race_fails_instead_of_doubling(tmp_path):
     from pyiceberg.exceptions import CommitFailedException
 
-    from pipeline.policy import filter_manifest
+    from pipeline.filtering import filter_manifest
     from pipeline.selection import load_selection
 
     catalog = sqlite_catalog(tmp_path)
