@@ -74,16 +74,6 @@ class Selection:
     info: dict  # manifest, model_id, policy, summary, sources
     snapshot_id: int
 
-    def source(self, dataset: str) -> dict:
-        """Where `dataset`'s images are: {"data": URI, "format": name, "format_options": {}}."""
-        try:
-            return self.info["sources"][dataset]
-        except KeyError:
-            raise SelectionError(
-                f"{self.name}: no source recorded for dataset {dataset!r} (score it again with "
-                "this version of fiqa to record where its images are)"
-            ) from None
-
 
 def selection_table(catalog: Catalog, name: str) -> Table:
     """The selection table `name`, created if missing; refused if it holds anything else."""
