@@ -48,7 +48,9 @@ class TrainConfig(StorageConfig):
         list(AUGMENTATIONS), description=f"of {', '.join(AUGMENTATIONS)}; 'none' for none"
     )
     shuffle_buffer: int = Field(4096, ge=0, description="rows in each worker's shuffle buffer")
-    num_workers: int = Field(1, gt=0, description="Ray Train workers")
+    num_workers: int = Field(
+        1, gt=0, description="Ray Train workers (each holds a slice of the class centres)"
+    )
     use_gpu: bool = Field(False, description="one GPU per worker (nccl, bf16 autocast)")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker")
     storage_path: str = Field("runs", description="checkpoints and run state (local or s3://)")
@@ -60,7 +62,7 @@ class TrainConfig(StorageConfig):
     )
     keep_checkpoints: int = Field(3, gt=0, description="checkpoints kept")
     max_failures: int = Field(2, ge=-1, description="worker failures recovered (-1: always)")
-    seed: int = Field(0, description="seed of initialisation, shuffling and augmentation")
+    seed: int = Field(0, ge=0, description="seed of initialisation, shuffling and augmentation")
 
     @field_validator("augment")
     @classmethod

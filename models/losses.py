@@ -3,8 +3,8 @@ regression of the quality output onto the CR-FIQA certainty ratio.
 
 Everything that touches the class axis goes through a `ClassReduce`: maxima and sums over
 classes are taken locally and then combined across the workers that hold the other classes.
-On one process the combine step is the identity; a class-sharded (Partial FC style) run passes
-an all-reduce (docs/architecture.md has the plan). No function here needs all class centres.
+On one process the combine step is the identity; the class-sharded trainer passes an
+all-reduce (`pipeline/class_shard.py`). No function here needs all class centres.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 MarginKind = Literal["cosface", "arcface"]
 MARGIN_DEFAULTS: dict[str, tuple[float, float]] = {"cosface": (64.0, 0.4), "arcface": (64.0, 0.5)}
+INIT_BLOCK = 4096  # classes per seeded draw of initial centres
 
 
 class ClassReduce:
@@ -31,6 +33,19 @@ class ClassReduce:
         return x
 
 
+def initial_centres(offset: int, count: int, embed_dim: int, seed: int) -> torch.Tensor:
+    """Rows [offset, offset + count) of an N(0, 0.01^2) centre matrix drawn in seeded blocks of
+    INIT_BLOCK classes, so a class starts from the same centre however the classes are split."""
+    rows = []
+    for block in range(offset // INIT_BLOCK, (offset + count - 1) // INIT_BLOCK + 1):
+        drawn = np.random.default_rng([seed, block]).standard_normal(
+            (INIT_BLOCK, embed_dim), dtype=np.float32
+        )
+        start = block * INIT_BLOCK
+        rows.append(drawn[max(offset - start, 0) : offset + count - start])
+    return torch.from_numpy(np.concatenate(rows) * np.float32(0.01))
+
+
 class ClassCentres(nn.Module):
     """The class-centre matrix for classes [offset, offset + num_local) of num_classes.
 
@@ -39,7 +54,13 @@ class ClassCentres(nn.Module):
     """
 
     def __init__(
-        self, embed_dim: int, num_classes: int, *, offset: int = 0, num_local: int | None = None
+        self,
+        embed_dim: int,
+        num_classes: int,
+        *,
+        offset: int = 0,
+        num_local: int | None = None,
+        seed: int = 0,
     ):
         super().__init__()
         self.num_classes = num_classes
@@ -50,7 +71,7 @@ class ClassCentres(nn.Module):
                 f"class shard [{offset}, {offset + self.num_local}) is not inside "
                 f"[0, {num_classes})"
             )
-        self.weight = nn.Parameter(torch.empty(self.num_local, embed_dim).normal_(0, 0.01))
+        self.weight = nn.Parameter(initial_centres(offset, self.num_local, embed_dim, seed))
 
     def cosine(self, embedding: torch.Tensor) -> torch.Tensor:
         """(B, num_local) cosines between embeddings and this shard's class centres."""
@@ -171,9 +192,12 @@ class FIQALoss(nn.Module):
         offset: int = 0,
         num_local: int | None = None,
         reduce: ClassReduce | None = None,
+        seed: int = 0,
     ):
         super().__init__()
-        self.centres = ClassCentres(embed_dim, num_classes, offset=offset, num_local=num_local)
+        self.centres = ClassCentres(
+            embed_dim, num_classes, offset=offset, num_local=num_local, seed=seed
+        )
         self.margin = MarginPenalty(margin, s, m)
         self.alpha, self.beta = alpha, beta
         self.reduce = reduce or ClassReduce()

@@ -2,17 +2,21 @@
 
 The driver (`fit`) lists the data once (identity and status columns only), maps identities to
 class indices (sorted identity strings -> 0..C-1), splits off a held-out fraction of images by
-a hash of their id, and hands three Ray datasets to a `TorchTrainer`: `train` (split across
-workers), `holdout` and `eval` (read whole by rank 0 for the per-epoch metrics). Decoding runs
-in Ray Data CPU tasks; augmentation runs in torch inside the loop, on the batch's device.
-Every epoch (and every N steps) each worker reports a checkpoint: rank 0 the model, loss head,
-optimiser, scheduler, step and history; every rank its own RNG state. A rerun with the same
-run name, or a restart after a worker failure, continues from the latest checkpoint.
+a hash of their id, and hands three Ray datasets to a `TorchTrainer`: `train` and `holdout`
+(split across workers) and `eval` (read whole by rank 0 for the per-epoch verification).
+Decoding runs in Ray Data CPU tasks; augmentation runs in torch inside the loop, on the batch's
+device. The network is replicated under DDP; the class centres of the margin head are split
+over the workers (`pipeline/class_shard.py`). Every epoch (and every N steps) each worker
+reports a checkpoint: rank 0 the network, its optimiser, step and history; every rank its slice
+of the centres with their optimiser state, and its RNG state. A rerun with the same run name,
+or a restart after a worker failure, continues from the latest checkpoint, with any number of
+workers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import math
@@ -27,19 +31,22 @@ from itertools import islice
 from typing import Any
 
 import numpy as np
+import pyarrow.fs
 import ray
 import ray.train
 import ray.train.torch
 import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from models.artifact import load_artifact, save_artifact
-from models.losses import ClassReduce, FIQALoss, LossParts, certainty_ratio, true_cosine
+from models.losses import FIQALoss, LossParts, certainty_ratio, true_cosine
 from models.presets import get_preset
 from models.vit_fiqa import ViTFIQA
 from pipeline.augment import augment
+from pipeline.class_shard import ClassShard, slice_state, sum_gradients
 from pipeline.datasource import read_samples
 from pipeline.decode import OK, DecodeOptions, decode_batch, to_model_input
 from pipeline.formats import get_format
@@ -49,6 +56,7 @@ from pipeline.verification import spearman, verification
 log = logging.getLogger(__name__)
 
 IDENTITIES_FILE = "identities.json"
+CENTRES_FILE = "centres.safetensors"  # beside the artifact, for fine-tuning; scoring needs none
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
 # Test-only fault injection (docs/training.md): rank 0 calls os._exit(1) once at this step;
@@ -192,23 +200,11 @@ def labelled(
 # ---------------------------------------------------------------- worker: training
 
 
-class TrainingModule(nn.Module):
-    """The network and its loss head, one module so DDP syncs both."""
-
-    def __init__(self, model: ViTFIQA, criterion: FIQALoss):
-        super().__init__()
-        self.model, self.criterion = model, criterion
-
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> LossParts:
-        embedding, quality = self.model(x)
-        return self.criterion(embedding, quality, labels)
-
-
-def parameter_groups(module: TrainingModule, weight_decay: float) -> list[dict]:
+def parameter_groups(model: ViTFIQA, weight_decay: float) -> list[dict]:
     """No decay for the model's `no_weight_decay()` (pos_embed, qs_token), norms and biases."""
-    skip = {f"model.{name}" for name in module.model.no_weight_decay()}
+    skip = model.no_weight_decay()
     decay, no_decay = [], []
-    for name, p in module.named_parameters():
+    for name, p in model.named_parameters():
         (no_decay if name in skip or p.ndim <= 1 else decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
@@ -231,26 +227,50 @@ def build_model(spec: TrainSpec) -> ViTFIQA:
     return ViTFIQA(get_preset(spec.preset, mode=spec.mode))
 
 
+def train_step(
+    model: nn.Module,
+    criterion: FIQALoss,
+    shard: ClassShard,
+    optimizers: tuple[torch.optim.Optimizer, ...],
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    clip_grad_norm: float,
+    autocast=contextlib.nullcontext,
+) -> tuple[LossParts, torch.Tensor]:
+    """One optimiser step on the global batch (this worker's rows are `x`): the loss parts,
+    identical on every worker, and the gradient norm before clipping. The margin head runs in
+    float32 outside autocast: s = 64 logits over many classes need the precision."""
+    with autocast():
+        embedding, quality = model(x)
+    parts = criterion(*shard.gather(embedding.float(), quality.float(), labels))
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    (parts.total / shard.world).backward()
+    grad_norm = shard.clip_grad_norm_(model.parameters(), criterion.parameters(), clip_grad_norm)
+    for optimizer in optimizers:
+        optimizer.step()
+    return parts, grad_norm
+
+
 @torch.no_grad()
 def holdout_metrics(
-    module: TrainingModule, batches, device: torch.device, autocast
+    model: ViTFIQA, criterion: FIQALoss, shard: ClassShard, batches, device: torch.device, autocast
 ) -> dict[str, float]:
-    """CR with the current centres (margin-free, eval mode) against predicted quality."""
+    """CR with the current centres (margin-free, eval mode) against predicted quality. Every
+    worker embeds its part of the held-out images; the CR of each gathered batch needs every
+    worker's centres, so all workers run this in step."""
     qualities, crs = [], []
     for batch in batches:
         ok = batch["ok"]
-        if not ok.any():
-            continue
-        x = to_model_input(batch["pixels"][ok]).to(device)
-        labels = batch["label"][ok].to(device)
         with autocast():
-            embedding, quality = module.model(x)
-        centres = module.criterion.centres
-        cos = centres.cosine(embedding.float())
+            embedding, quality = model(to_model_input(batch["pixels"][ok]).to(device))
+        labels = batch["label"][ok].to(device)
+        embedding, quality, labels = shard.gather(embedding.float(), quality.float(), labels)
+        centres, reduce = criterion.centres, criterion.reduce
+        cos = centres.cosine(embedding)
         owned, local = centres.local_target(labels)
-        reduce = ClassReduce()
         cr = certainty_ratio(cos, true_cosine(cos, owned, local, reduce), owned, local, reduce)
-        qualities.append(quality.float().cpu())
+        qualities.append(quality.cpu())
         crs.append(cr.cpu())
     if not qualities:
         return {}
@@ -265,7 +285,7 @@ def holdout_metrics(
 
 @torch.no_grad()
 def eval_metrics(
-    module: TrainingModule, batches, device: torch.device, autocast, seed: int
+    model: ViTFIQA, batches, device: torch.device, autocast, seed: int
 ) -> dict[str, float]:
     embeddings, labels = [], []
     for batch in batches:
@@ -273,7 +293,7 @@ def eval_metrics(
         if not ok.any():
             continue
         with autocast():
-            embedding, _ = module.model(to_model_input(batch["pixels"][ok]).to(device))
+            embedding, _ = model(to_model_input(batch["pixels"][ok]).to(device))
         embeddings.append(embedding.float().cpu())
         labels.append(batch["label"][ok])
     if not embeddings:
@@ -281,14 +301,19 @@ def eval_metrics(
     return verification(torch.cat(embeddings), torch.cat(labels).numpy(), seed=seed)
 
 
-def save_checkpoint(
-    directory: str, rank: int, state: dict | None, history: list[dict], rng: dict
-) -> None:
-    torch.save(rng, os.path.join(directory, f"rng-{rank}.pt"))
-    if state is not None:
-        torch.save(state, os.path.join(directory, STATE_FILE))
-        with open(os.path.join(directory, HISTORY_FILE), "w") as f:
-            json.dump(history, f)
+def centres_file(rank: int) -> str:
+    return f"centres-{rank}.pt"
+
+
+def read_checkpoint_file(checkpoint: Checkpoint, name: str) -> Any:
+    """One file of a checkpoint (None if absent), fetched alone: a worker reads only the
+    centre slices it needs, never the whole checkpoint."""
+    path = f"{checkpoint.path}/{name}"
+    fs = checkpoint.filesystem
+    if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+        return None
+    with fs.open_input_file(path) as f:
+        return torch.load(io.BytesIO(f.readall()), map_location="cpu", weights_only=True)
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -305,17 +330,17 @@ def train_loop(config: dict[str, Any]) -> None:
         else contextlib.nullcontext
     )
 
-    model = build_model(spec)
-    criterion = FIQALoss(
-        model.config.fr_dim, config["num_classes"], margin=spec.loss, alpha=spec.alpha
+    model = build_model(spec).to(device)
+    shard = ClassShard(config["num_classes"], rank, world)
+    criterion = shard.loss(
+        model.config.fr_dim, margin=spec.loss, alpha=spec.alpha, seed=spec.seed
+    ).to(device)
+    optimizer = torch.optim.AdamW(parameter_groups(model, spec.weight_decay), lr=spec.lr)
+    head_optimizer = torch.optim.AdamW(
+        criterion.parameters(), lr=spec.lr, weight_decay=spec.weight_decay
     )
-    module = TrainingModule(model, criterion).to(device)
-    optimizer = torch.optim.AdamW(parameter_groups(module, spec.weight_decay), lr=spec.lr)
     total_steps = spec.epochs * steps_per_epoch
     warmup_steps = max(1, round(spec.warmup_epochs * steps_per_epoch))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup_steps, total_steps)
-    )
     generator = torch.Generator(device=device)
     generator.manual_seed(spec.seed * 1000 + rank)
     torch.manual_seed(spec.seed * 1000 + rank)  # masking and drop-path differ per worker
@@ -323,66 +348,95 @@ def train_loop(config: dict[str, Any]) -> None:
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
-        with checkpoint.as_directory() as directory:
-            state = torch.load(os.path.join(directory, STATE_FILE), weights_only=True)
-            module.load_state_dict(state["module"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            step, history, resumed = state["step"], state["history"], state["resumed"]
-            rng_file = os.path.join(directory, f"rng-{rank}.pt")
-            if os.path.exists(rng_file):  # absent if the worker count changed
-                rng = torch.load(rng_file, weights_only=True)
-                torch.set_rng_state(rng["torch"])
-                generator.set_state(rng["augment"])
+        state = read_checkpoint_file(checkpoint, STATE_FILE)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, history, resumed = state["step"], state["history"], state["resumed"]
+        slices = [
+            read_checkpoint_file(checkpoint, centres_file(r))
+            for r in shard.owners(state["workers"])
+        ]
+        shard.load(slices, criterion, head_optimizer)
+        rng = read_checkpoint_file(checkpoint, f"rng-{rank}.pt")
+        if rng is not None:  # absent for ranks the earlier run did not have
+            torch.set_rng_state(rng["torch"])
+            generator.set_state(rng["augment"])
         resumed = [*resumed, step]
         if rank == 0:
-            print(f"resumed from step {step} (epoch {step // steps_per_epoch})", flush=True)
+            resliced = (
+                f", class centres re-sliced from {state['workers']} workers"
+                if state["workers"] != world
+                else ""
+            )
+            print(
+                f"resumed from step {step} (epoch {step // steps_per_epoch}){resliced}",
+                flush=True,
+            )
 
-    ddp = ray.train.torch.prepare_model(module, move_to_device=False)
+    ddp = ray.train.torch.prepare_model(model, move_to_device=False)
+    if world > 1:
+        ddp.register_comm_hook(None, sum_gradients)
     per_worker_batch = spec.batch_size // world
     train_shard = ray.train.get_dataset_shard("train")
 
     def report(metrics: dict[str, Any]) -> None:
-        state = None
-        if rank == 0:
-            state = {
-                "module": module.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "step": step,
-                "history": history,
-                "resumed": resumed,
-            }
-        rng = {"torch": torch.get_rng_state(), "augment": generator.get_state()}
         with tempfile.TemporaryDirectory() as directory:
-            save_checkpoint(directory, rank, state, history, rng)
+            if rank == 0:
+                state = {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step,
+                    "history": history,
+                    "resumed": resumed,
+                    "workers": world,
+                }
+                torch.save(state, os.path.join(directory, STATE_FILE))
+                with open(os.path.join(directory, HISTORY_FILE), "w") as f:
+                    json.dump(history, f)
+            torch.save(
+                slice_state(criterion, head_optimizer),
+                os.path.join(directory, centres_file(rank)),
+            )
+            rng = {"torch": torch.get_rng_state(), "augment": generator.get_state()}
+            torch.save(rng, os.path.join(directory, f"rng-{rank}.pt"))
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
 
     while step < total_steps:
         epoch = step // steps_per_epoch
-        module.train()
-        started, sums, images, skipped = time.perf_counter(), Counter(), 0, 0
+        model.train()
+        sums, images, skipped, started = Counter(), 0, 0, time.perf_counter()
+        remaining = steps_per_epoch - step % steps_per_epoch
         batches = train_shard.iter_torch_batches(
             batch_size=per_worker_batch,
             drop_last=True,
             local_shuffle_buffer_size=spec.shuffle_buffer,
             local_shuffle_seed=spec.seed * 1000 + epoch * 10 + rank,
         )
-        for batch in islice(batches, steps_per_epoch - step % steps_per_epoch):
+        for index, batch in enumerate(islice(batches, remaining)):
             ok = batch["ok"]
             skipped += int((~ok).sum())
             x = to_model_input(batch["pixels"][ok]).to(device, non_blocking=True)
             x = augment(x, spec.augmentations, generator)
             labels = batch["label"][ok].to(device)
-            with autocast():
-                parts = ddp(x, labels)
-            optimizer.zero_grad(set_to_none=True)
-            parts.total.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), spec.clip_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            lr = spec.lr * lr_factor(step, warmup_steps, total_steps)
+            for group in (*optimizer.param_groups, *head_optimizer.param_groups):
+                group["lr"] = lr
+            parts, grad_norm = train_step(
+                ddp,
+                criterion,
+                shard,
+                (optimizer, head_optimizer),
+                x,
+                labels,
+                spec.clip_grad_norm,
+                autocast,
+            )
             step += 1
             images += len(labels)
+            if index == 0 and remaining > 1:
+                # Throughput leaves out the epoch's first step: the stream's start-up, first
+                # allocations and DDP's bucket rebuild.
+                started, images = time.perf_counter(), 0
             for name, value in {**parts.scalars(), "grad_norm": grad_norm.item()}.items():
                 sums[name] += value
             sums["steps"] += 1
@@ -394,28 +448,34 @@ def train_loop(config: dict[str, Any]) -> None:
             if every and step % every == 0 and step % steps_per_epoch:
                 report({"step": step, "epoch": epoch, "mid_epoch": True})
 
-        metrics = epoch_metrics(sums, images, skipped, time.perf_counter() - started, world)
-        metrics.update(epoch=epoch + 1, step=step, lr=scheduler.get_last_lr()[0])
+        seconds = time.perf_counter() - started
+        metrics = epoch_metrics(sums, images, skipped, seconds, world, device)
+        lr = spec.lr * lr_factor(step, warmup_steps, total_steps)
+        metrics.update(epoch=epoch + 1, step=step, lr=lr)
+        model.eval()
+        if world > 1:  # evaluate rank 0's batch-norm statistics, which the artifact will hold
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, 0)
+        if "holdout" in config["evaluate"]:
+            batches = ray.train.get_dataset_shard("holdout").iter_torch_batches(batch_size=256)
+            metrics.update(holdout_metrics(model, criterion, shard, batches, device, autocast))
         if rank == 0:
-            module.eval()
-            if "holdout" in config["evaluate"]:
-                batches = ray.train.get_dataset_shard("holdout").iter_torch_batches(batch_size=256)
-                metrics.update(holdout_metrics(module, batches, device, autocast))
             if "eval" in config["evaluate"]:
                 batches = ray.train.get_dataset_shard("eval").iter_torch_batches(batch_size=256)
-                metrics.update(eval_metrics(module, batches, device, autocast, spec.seed))
+                metrics.update(eval_metrics(model, batches, device, autocast, spec.seed))
             history.append(metrics)
             print(format_epoch(metrics, spec.epochs), flush=True)
         report(metrics)
 
 
 def epoch_metrics(
-    sums: Counter, images: int, skipped: int, seconds: float, world: int
+    sums: Counter, images: int, skipped: int, seconds: float, world: int, device: torch.device
 ) -> dict[str, float]:
     """Per-step means of the loss parts, averaged over workers; images/s summed over them."""
     steps = max(1, sums.pop("steps", 0))
     names = sorted(sums)
-    local = torch.tensor([sums[n] / steps for n in names] + [images / seconds, skipped])
+    values = [sums[n] / steps for n in names] + [images / seconds, skipped]
+    local = torch.tensor(values, dtype=torch.float64, device=device)
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(local)
         local[: len(names)] /= world
@@ -491,6 +551,11 @@ def fit(spec: TrainSpec) -> TrainResult:
             f"{data.train_rows} training images are fewer than one global batch of "
             f"{spec.batch_size}: lower --batch-size"
         )
+    if len(data.identities) < spec.num_workers:
+        raise TrainingError(
+            f"{len(data.identities)} identities cannot be split over {spec.num_workers} "
+            "workers (each holds a slice of the class centres): lower --num-workers"
+        )
     classes = {identity: i for i, identity in enumerate(data.identities)}
     log.info(
         "%d identities, %d training and %d held-out images, %d steps per epoch, skipped %s",
@@ -530,7 +595,7 @@ def fit(spec: TrainSpec) -> TrainResult:
         torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo"),
         run_config=run_config(spec),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train", "holdout"]),
     )
     try:
         result = trainer.fit()
@@ -539,17 +604,15 @@ def fit(spec: TrainSpec) -> TrainResult:
             f"training run {spec.run_name} failed (rerun with the same run name to resume "
             f"from its last checkpoint): {e}"
         ) from e
-    with result.checkpoint.as_directory() as directory:
-        state = torch.load(os.path.join(directory, STATE_FILE), weights_only=True)
+    state = read_checkpoint_file(result.checkpoint, STATE_FILE)
     model = build_model(spec)
-    model.load_state_dict(
-        {k.removeprefix("model."): v for k, v in state["module"].items() if k.startswith("model.")}
-    )
+    model.load_state_dict(state["model"])
     summary = {
         "trained": {
             "spec": spec_summary(spec),
             "classes": len(classes),
             "identities_file": IDENTITIES_FILE,
+            "centres_file": CENTRES_FILE,
             "train_images": data.train_rows,
             "holdout_images": data.holdout_rows,
             "skipped_at_read": data.skipped,
@@ -566,6 +629,12 @@ def fit(spec: TrainSpec) -> TrainResult:
     model_id = save_artifact(model.eval(), out, preset=spec.preset, training=summary, fs=fs)
     with fs.open(f"{out.rstrip('/')}/{IDENTITIES_FILE}", "wb") as f:
         f.write(json.dumps(data.identities).encode())
+    centres = [
+        read_checkpoint_file(result.checkpoint, centres_file(r))["weight"]
+        for r in range(state["workers"])
+    ]
+    with fs.open(f"{out.rstrip('/')}/{CENTRES_FILE}", "wb") as f:
+        f.write(save_safetensors({"weight": torch.cat(centres).contiguous()}))
     return TrainResult(model_id, parse_uri(spec.out).uri, result.path, summary)
 
 

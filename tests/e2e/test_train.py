@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+from safetensors.torch import load as load_safetensors
 
 from jobs.cli import main
 from models.artifact import load_artifact
@@ -71,6 +72,8 @@ def test_train_from_s3_to_s3_with_two_workers(s3_bucket, tmp_path):
         assert key in trained["epochs"][-1], key
     identities = json.loads(fs.cat(f"{path}/identities.json"))
     assert identities == sorted(identities) and len(identities) == 6
+    centres = load_safetensors(fs.cat(f"{path}/{trained['centres_file']}"))["weight"]
+    assert centres.shape == (6, artifact.model.config.fr_dim)  # both workers' slices
     assert fs.ls(f"{s3_bucket}/runs/e2e")
 
 
@@ -83,6 +86,7 @@ def test_train_from_s3_to_s3_with_two_workers(s3_bucket, tmp_path):
         (["--holdout-fraction", "0.7"], "holdout_fraction (--holdout-fraction)"),
         (["--preset", "vit-huge"], "preset (--preset)"),
         (["--epochs", "0"], "epochs (--epochs)"),
+        (["--seed", "-1"], "seed (--seed)"),
     ],
 )
 def test_bad_configs_are_refused_before_any_ray_work(flags, field, capsys, monkeypatch):

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.losses import ClassReduce, FIQALoss, MarginPenalty
+from models.losses import INIT_BLOCK, ClassReduce, FIQALoss, MarginPenalty, initial_centres
 
 # Three unit class centres on a circle and two embeddings, so every cosine is known by hand.
 CENTRES = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
@@ -147,6 +147,18 @@ def test_class_sharded_loss_equals_the_single_shard_loss(margin):
         torch.testing.assert_close(got.total, expected.total)
         torch.testing.assert_close(got.cr, expected.cr)
         torch.testing.assert_close(got.accuracy, expected.accuracy)
+
+
+def test_a_class_starts_from_the_same_centre_however_the_classes_are_split():
+    whole = initial_centres(0, 3 * INIT_BLOCK, 8, seed=0)
+    assert whole.shape == (3 * INIT_BLOCK, 8)
+    assert whole.std().item() == pytest.approx(0.01, rel=0.02)
+    for offset, count in [(0, 1), (INIT_BLOCK - 5, 10), (100, 2 * INIT_BLOCK + 3)]:
+        part = initial_centres(offset, count, 8, seed=0)
+        torch.testing.assert_close(part, whole[offset : offset + count], rtol=0, atol=0)
+    assert not torch.equal(initial_centres(0, 4, 8, seed=1), whole[:4])
+    shard = FIQALoss(8, 3 * INIT_BLOCK, offset=INIT_BLOCK, num_local=7, seed=0).centres
+    torch.testing.assert_close(shard.weight.detach(), whole[INIT_BLOCK : INIT_BLOCK + 7])
 
 
 def test_bad_arguments_are_refused():

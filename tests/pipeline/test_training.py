@@ -1,10 +1,12 @@
 import itertools
 import json
+from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from models.artifact import load_artifact
-from models.losses import FIQALoss
 from models.vit_fiqa import create_model
 from pipeline.formats import get_format
 from pipeline.storage import filesystem
@@ -14,7 +16,6 @@ from pipeline.training import (
     FAULT_STEP_ENV,
     DataSpec,
     TrainingError,
-    TrainingModule,
     TrainSpec,
     fit,
     is_holdout,
@@ -33,14 +34,14 @@ def test_lr_warms_up_linearly_then_decays_to_zero():
 
 def test_no_weight_decay_for_tokens_norms_and_biases():
     model = create_model("vit-fiqa-micro")
-    module = TrainingModule(model, FIQALoss(32, 5))
-    decay, no_decay = parameter_groups(module, 0.05)
-    names = {id(p): n for n, p in module.named_parameters()}
+    decay, no_decay = parameter_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
     skipped = {names[id(p)] for p in no_decay["params"]}
-    assert {"model.pos_embed", "model.qs_token", "model.norm.weight"} <= skipped
-    assert "model.blocks.0.mlp.fc1.bias" in skipped
+    assert {"pos_embed", "qs_token", "norm.weight"} <= skipped
+    assert "blocks.0.mlp.fc1.bias" in skipped
     decayed = {names[id(p)] for p in decay["params"]}
-    assert {"model.blocks.0.attn.qkv.weight", "criterion.centres.weight"} <= decayed
+    assert {"blocks.0.attn.qkv.weight", "feature.0.weight"} <= decayed
+    assert len(skipped) + len(decayed) == len(names)
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
 
 
@@ -84,6 +85,13 @@ def summary(out: str) -> dict:
     return load_artifact(out).training["trained"]
 
 
+def last_centre_slices(trained: dict) -> list[torch.Tensor]:
+    """The class-centre slice of each worker in the run's last checkpoint."""
+    last = max(p for p in Path(trained["run_path"]).glob("checkpoint_*") if p.is_dir())
+    files = sorted(last.glob("centres-*.pt"))
+    return [torch.load(f, weights_only=True)["weight"] for f in files]
+
+
 @pytest.mark.slow
 def test_a_stopped_run_resumes_from_its_checkpoint(ray_local, faces, tmp_path, monkeypatch):
     # 48 images / 2 workers / 4 per worker: 6 steps; checkpoints at steps 2 and 4.
@@ -101,6 +109,27 @@ def test_a_stopped_run_resumes_from_its_checkpoint(ray_local, faces, tmp_path, m
     assert [e["epoch"] for e in trained["epochs"]] == [1]
     identities = json.loads((tmp_path / "model" / "identities.json").read_text())
     assert identities == sorted(identities) and len(identities) == trained["classes"] == 6
+    # Each worker checkpointed its own half of the classes; the artifact keeps the network
+    # alone and the centres beside it, in class order.
+    slices = last_centre_slices(trained)
+    assert [len(s) for s in slices] == [3, 3]
+    centres = load_file(tmp_path / "model" / trained["centres_file"])["weight"]
+    torch.testing.assert_close(centres, torch.cat(slices), rtol=0, atol=0)
+    assert not any("centres" in k for k in load_artifact(result.out).model.state_dict())
+
+
+@pytest.mark.slow
+def test_a_run_resumes_with_another_worker_count(ray_local, faces, tmp_path, monkeypatch):
+    monkeypatch.setenv(FAULT_STEP_ENV, "3")
+    monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "fault"))
+    with pytest.raises(TrainingError):
+        fit(spec(faces, tmp_path))  # 2 workers, 3 classes each; checkpoint at step 2
+    monkeypatch.delenv(FAULT_STEP_ENV)
+    result = fit(spec(faces, tmp_path, num_workers=1, cpus_per_worker=1.0))
+    trained = summary(result.out)
+    assert trained["resumed_from_steps"] == [2]
+    assert trained["steps"] == 6
+    assert [len(s) for s in last_centre_slices(trained)] == [6]
 
 
 @pytest.mark.slow
@@ -129,3 +158,16 @@ def test_init_from_an_artifact_of_another_architecture_is_refused(faces, tmp_pat
     save_artifact(create_model("vit-fiqa-micro", mode="crfiqa"), str(tmp_path / "a"), preset=None)
     with pytest.raises(TrainingError, match="crfiqa mode"):
         fit(spec(faces, tmp_path, init_from=str(tmp_path / "a")))
+
+
+@pytest.mark.slow
+def test_bench_train_times_a_bare_loop_and_fiqa_train(ray_local, tmp_path):
+    from pipeline.benchmark import bench_train
+
+    result = bench_train(
+        "vit-fiqa-micro", batch_size=8, steps=4, workers=(2,), workdir=str(tmp_path), log=print
+    )
+    assert result["bench"] == "train" and result["steps"] == 4
+    bare, ray2 = result["bare_images_per_s"], result["ray_2_workers_images_per_s"]
+    assert bare > 0 and ray2 > 0
+    assert result["ratio_2_workers_to_bare"] == pytest.approx(ray2 / bare, rel=0.02)
