@@ -5,8 +5,9 @@ filesystem from the URI and storage options, streams the shard's sample rows and
 in Arrow blocks of `rows_per_block`. A shard that breaks part-way (`ShardError`) adds one
 `read_error` row whose image_id is the shard key, so the failure is recorded, not raised.
 Scoring reads with `mark_end`: each shard's last row carries the shard's row count.
-`wanted_rows` reads a shard only until the images wanted from it have come by: exports use
-it in their tasks, `fetch_images` on the driver for a handful (report thumbnails).
+`wanted_rows` reads a shard only until the images wanted from it have come by, for exports'
+tasks; `fetch_images` reads a handful on the driver (report thumbnails) as their format
+locates them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from pipeline.formats import get_format
-from pipeline.formats.base import OK, SAMPLE_SCHEMA, Shard, ShardError, read_error
+from pipeline.formats.base import OK, SAMPLE_SCHEMA, Shard, ShardError, read_error, wanted_of
 from pipeline.storage import StorageOptions, filesystem
 
 # Scoring reads with `mark_end`: each shard's last row carries the shard's row count, so
@@ -51,14 +52,8 @@ def wanted_rows(
     """The rows of `shard` whose image_id is in `image_ids`, in the reader's order; reading
     stops once all of them have come by. A shard-level failure ends it with its `read_error`
     row (image_id: the shard key), as in `shard_rows`."""
-    missing = set(image_ids)
-    for row in shard_rows(format_name, format_options, uri, storage, shard):
-        broke = row["image_id"] == shard.key and row["status"] != OK
-        if row["image_id"] in missing or broke:
-            missing.discard(row["image_id"])
-            yield row
-            if not missing:
-                return
+    rows = shard_rows(format_name, format_options, uri, storage, shard)
+    yield from wanted_of(rows, image_ids, shard.key)
 
 
 def fetch_images(
@@ -68,20 +63,11 @@ def fetch_images(
     storage: StorageOptions | None,
     wanted: Mapping[str, Collection[str]],
 ) -> dict[str, bytes]:
-    """Encoded bytes of a few images, `wanted` as shard key -> image_ids: only their shards
-    are read, each until its wanted images have come by. An image that cannot be read (a
-    `read_error` row, a shard that breaks or has gone) is left out of the result."""
+    """Encoded bytes of a few images, `wanted` as shard key -> image_ids, as the format reads
+    them (`read_images`). An image that cannot be read is left out of the result."""
     fs, root = filesystem(uri, storage)
-    found: dict[str, bytes] = {}
-    for shard in get_format(format_name, **format_options).list_shards(fs, root):
-        if not wanted.get(shard.key):
-            continue
-        rows = wanted_rows(format_name, format_options, uri, storage, shard, wanted[shard.key])
-        try:
-            found.update((r["image_id"], r["image"]) for r in rows if r["status"] == OK)
-        except OSError:  # a shard gone since listing: what it yielded before is kept
-            continue
-    return found
+    rows = get_format(format_name, **format_options).read_images(fs, root, wanted)
+    return {r["image_id"]: r["image"] for r in rows if r["status"] == OK}
 
 
 def blocks(rows: Iterator[dict], rows_per_block: int, mark_end: bool = False) -> Iterator[pa.Table]:

@@ -1,15 +1,16 @@
 """Read-only SQL over the manifest: DuckDB on one snapshot of the Iceberg table.
 
-The snapshot's data files are handed to DuckDB as a pyarrow dataset (through our storage
-layer, so s3 endpoints and credentials apply), so DuckDB reads only the columns and row
-groups a query needs and never a whole manifest into memory. The manifest is exposed as
-`manifest`; selections (tables written by `fiqa filter`) and curation run logs (written by
-`fiqa curate`) by their bare names.
+The snapshot's data files are read by DuckDB's own Parquet reader (objects in s3 through our
+storage layer's filesystem, so endpoints and credentials apply), which reads only the columns
+and row groups a query needs, a few at a time, and never a whole manifest into memory. The
+manifest is exposed as `manifest`; selections (tables written by `fiqa filter`) and curation
+run logs (written by `fiqa curate`) by their bare names.
 
 Read-only twice over: a statement must be a single SELECT, and the DuckDB connection runs with
-external access disabled and its configuration locked, so no query can read or write files,
-attach databases, or install and load extensions, whatever functions it calls. (DuckDB itself
-may spill intermediate results to a private temporary folder, removed on close.)
+external access disabled except to the exposed snapshots' own data files, and its
+configuration locked, so no query can read any other file, write one, attach databases, or
+install and load extensions, whatever functions it calls. (DuckDB itself may spill
+intermediate results to a private temporary folder, removed on close.)
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from dataclasses import dataclass
 
 import duckdb
 import pyarrow as pa
-import pyarrow.dataset as pads
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.table import Table
@@ -32,15 +32,17 @@ from pipeline.runlog import ARROW_SCHEMA as RUN_LOG_SCHEMA
 from pipeline.runlog import RECORD_PROPERTY
 from pipeline.selection import ARROW_SCHEMA as SELECTION_SCHEMA
 from pipeline.selection import INFO_PROPERTY
-from pipeline.storage import StorageOptions, arrow_filesystem, parse_uri
+from pipeline.storage import StorageOptions, fsspec_filesystem, parse_uri
 
 MANIFEST = "manifest"
 _SANDBOX = {
-    "enable_external_access": False,
     "autoinstall_known_extensions": False,
     "autoload_known_extensions": False,
     "python_enable_replacements": False,  # no reaching Python variables by name
-    "lock_configuration": True,
+    # Parquet's float min/max leave NaN out, and DuckDB takes them for the whole range: its
+    # statistics propagation folds isnan(quality) to false, and filters pushed into the scan
+    # skip row groups whose NaN rows they match. Filters run after the scan instead.
+    "disabled_optimizers": "statistics_propagation,filter_pushdown",
 }
 
 
@@ -53,27 +55,44 @@ def sql_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def snapshot_dataset(
-    table: Table,
-    schema: pa.Schema,
-    snapshot_id: int | None,
-    storage: StorageOptions | None = None,
-) -> pads.Dataset | pa.Table:
-    """The rows of one snapshot (None: no snapshot yet, an empty table) for DuckDB to scan."""
+def sql_identifier(name: str) -> str:
+    """`name` as a quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def snapshot_source(table: Table, snapshot_id: int | None) -> list[str] | pa.Table:
+    """The URIs of one snapshot's data files (None: no snapshot yet, none), or where Iceberg's
+    row-level deletes apply, the rows themselves, merged on read by pyiceberg's reader."""
     if snapshot_id is None:
-        return schema.empty_table()
+        return []
     scan = table.scan(snapshot_id=snapshot_id)
     tasks = list(scan.plan_files())
     if any(task.delete_files for task in tasks):
-        # Row-level deletes need Iceberg's merge-on-read, which pyiceberg's reader applies.
-        return scan.to_arrow().cast(schema)
-    if not tasks:
-        return schema.empty_table()
-    paths = [task.file.file_path for task in tasks]
-    fs, _ = arrow_filesystem(paths[0], storage)
-    return pads.dataset(
-        [parse_uri(p).path for p in paths], schema=schema, format="parquet", filesystem=fs
+        return scan.to_arrow()
+    return [task.file.file_path for task in tasks]
+
+
+def _expose(
+    connection: duckdb.DuckDBPyConnection,
+    name: str,
+    source: list[str] | pa.Table,
+    schema: pa.Schema,
+) -> list[str]:
+    """Make `source` the relation `name`; returns the paths DuckDB must be allowed to read."""
+    if isinstance(source, pa.Table):
+        connection.register(name, source.cast(schema))
+        return []
+    if not source:
+        connection.register(name, schema.empty_table())
+        return []
+    paths = [parse_uri(uri).uri for uri in source]
+    columns = ", ".join(sql_identifier(f.name) for f in schema)
+    files = "[" + ", ".join(sql_literal(p) for p in paths) + "]"
+    connection.execute(
+        f"CREATE VIEW {sql_identifier(name)} AS SELECT {columns} "
+        f"FROM read_parquet({files}, hive_partitioning = false)"
     )
+    return paths
 
 
 def resolve_snapshot(
@@ -199,8 +218,7 @@ def open_query(
     spill = tempfile.TemporaryDirectory(prefix="fiqa-query-")
     limit = {"memory_limit": memory_limit} if memory_limit else {}
     connection = duckdb.connect(config={**_SANDBOX, "temp_directory": spill.name, **limit})
-    connection.register(MANIFEST, snapshot_dataset(table, ARROW_SCHEMA, snapshot, storage))
-    relations = [MANIFEST]
+    exposed = {MANIFEST: (snapshot_source(table, snapshot), ARROW_SCHEMA)}
     for name in selections:
         if name == manifest_table:
             continue
@@ -209,17 +227,29 @@ def open_query(
         except NoSuchTableError:
             raise QueryError(f"no selection table {name!r}") from None
         current = selection.current_snapshot()
-        bare = name.rpartition(".")[2]
-        dataset = snapshot_dataset(
-            selection, SELECTION_SCHEMA, current and current.snapshot_id, storage
+        exposed[name.rpartition(".")[2]] = (
+            snapshot_source(selection, current and current.snapshot_id),
+            SELECTION_SCHEMA,
         )
-        connection.register(bare, dataset)
-        relations.append(bare)
     for name in run_logs:
         log = catalog.load_table(name)
-        bare = name.rpartition(".")[2]
-        connection.register(
-            bare, snapshot_dataset(log, RUN_LOG_SCHEMA, log.current_snapshot().snapshot_id, storage)
+        exposed[name.rpartition(".")[2]] = (
+            snapshot_source(log, log.current_snapshot().snapshot_id),
+            RUN_LOG_SCHEMA,
         )
-        relations.append(bare)
-    return ManifestQuery(connection, manifest_table, snapshot, tuple(relations), spill)
+    protocols = {
+        parse_uri(uri).protocol
+        for source, _ in exposed.values()
+        if isinstance(source, list)
+        for uri in source
+    }
+    for protocol in protocols - {"file"}:
+        connection.register_filesystem(fsspec_filesystem(protocol, storage))
+    allowed = []
+    for name, (source, schema) in exposed.items():
+        allowed += _expose(connection, name, source, schema)
+    # From here on, DuckDB reads only the exposed files and its settings cannot be changed.
+    connection.execute(f"SET allowed_paths = [{', '.join(map(sql_literal, allowed))}]")
+    connection.execute("SET enable_external_access = false")
+    connection.execute("SET lock_configuration = true")
+    return ManifestQuery(connection, manifest_table, snapshot, tuple(exposed), spill)

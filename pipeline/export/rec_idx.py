@@ -48,6 +48,8 @@ from pipeline.formats.rec import (
     PROPERTY,
     REC,
     RecordError,
+    index_blocks,
+    parse_index_lines,
     read_names,
     read_record_at,
     unpack_image_header,
@@ -56,7 +58,6 @@ from pipeline.shuffle import Part
 from pipeline.storage import StorageOptions, arrow_filesystem, filesystem, parse_uri
 
 LST = "train.lst"
-BLOCK_BYTES = 16 << 20  # of the source .idx, read at once
 PIECE = pa.schema(
     [("key", pa.int64()), ("offset", pa.int64()), ("image_id", pa.string()), ("label", pa.int64())]
 )
@@ -73,36 +74,20 @@ class Block:
 
 
 def _parse(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """(keys, offsets) of `.idx` lines, in file order."""
     try:
-        table = pacsv.read_csv(
-            io.BytesIO(data),
-            read_options=pacsv.ReadOptions(column_names=["key", "offset"]),
-            parse_options=pacsv.ParseOptions(delimiter="\t"),
-            convert_options=pacsv.ConvertOptions(
-                column_types={"key": pa.int64(), "offset": pa.int64()}
-            ),
-        )
-    except pa.ArrowInvalid as e:
-        raise ExportError(f"{where}: not 'key<TAB>offset' lines: {e}") from None
-    return table["key"].to_numpy(), table["offset"].to_numpy()
+        return parse_index_lines(data, where)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
 
 
-def index_blocks(fs: fsspec.AbstractFileSystem, path: str) -> list[Block]:
+def key_ranges(fs: fsspec.AbstractFileSystem, path: str) -> list[Block]:
     """The `.idx` cut into blocks of whole lines, each with its key range (one pass)."""
-    blocks, start, carry = [], 0, b""
     with fs.open(path, "rb") as f:
-        while True:
-            chunk = f.read(BLOCK_BYTES)
-            data = carry + chunk
-            cut = len(data) if not chunk else data.rfind(b"\n") + 1
-            block, carry = data[:cut], data[cut:]
-            if block.strip():
-                keys, _ = _parse(block, path)
-                blocks.append(Block(start, len(block), int(keys.min()), int(keys.max())))
-            start += len(block)
-            if not chunk:
-                return blocks
+        blocks = []
+        for start, lines in index_blocks(f):
+            keys, _ = _parse(lines, path)
+            blocks.append(Block(start, len(lines), int(keys.min()), int(keys.max())))
+        return blocks
 
 
 def _index_entries(
@@ -203,7 +188,7 @@ def export_rec_idx(kept: Kept, plan: ExportPlan, folder: str, progress=print) ->
     # The source's files are read through the export's filesystem: same storage, checked above.
     idx_path = posixpath.join(data.path, IDX)
     progress(f"reading the key ranges of {data.join(IDX).uri}")
-    blocks = index_blocks(fs, idx_path)
+    blocks = key_ranges(fs, idx_path)
     names_path = posixpath.join(data.path, NAMES)
     names = read_names(fs, names_path) if fs.exists(names_path) else {}
     classes = {name: c for c, name in sorted(names.items(), reverse=True)}  # first class wins

@@ -9,7 +9,7 @@ and a message, or, when not even the keys can be recovered, a `ShardError` namin
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -108,3 +108,31 @@ class DatasetFormat(ABC):
         self, fs: fsspec.AbstractFileSystem, root: str, *, shard_size: int = 1000
     ) -> DatasetWriter:
         """A writer that creates a dataset at `root`, `shard_size` images per shard."""
+
+    def read_images(
+        self, fs: fsspec.AbstractFileSystem, root: str, wanted: Mapping[str, Collection[str]]
+    ) -> Iterator[dict]:
+        """Rows of a few images, `wanted` as shard key -> image_ids: the shards holding them
+        are read until their images have come by. A shard that breaks or has gone yields
+        what it did before."""
+        for shard in self.list_shards(fs, root):
+            if wanted.get(shard.key):
+                try:
+                    yield from wanted_of(self.read_shard(fs, root, shard), wanted[shard.key])
+                except (ShardError, OSError):
+                    continue
+
+
+def wanted_of(
+    rows: Iterable[dict], image_ids: Collection[str], shard_key: str | None = None
+) -> Iterator[dict]:
+    """The rows whose image_id is in `image_ids`, and the failure row of shard `shard_key`,
+    until all of them have come by: reading stops there."""
+    missing = set(image_ids)
+    for row in rows:
+        broke = row["image_id"] == shard_key and row["status"] != OK
+        if row["image_id"] in missing or broke:
+            missing.discard(row["image_id"])
+            yield row
+            if not missing:
+                return

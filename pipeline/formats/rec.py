@@ -23,19 +23,22 @@ the records from another `.rec` than `<root>/train.rec`: an index written by `fi
 from __future__ import annotations
 
 import functools
+import io
 import os
 import posixpath
 import shutil
 import struct
 import tempfile
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import islice, pairwise
 from typing import BinaryIO, NamedTuple
 
 import fsspec
 import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
 
 from pipeline.formats.base import (
     DatasetFormat,
@@ -48,6 +51,7 @@ from pipeline.formats.base import (
 from pipeline.storage import parse_uri
 
 REC, IDX, PROPERTY, NAMES = "train.rec", "train.idx", "property", "identities.tsv"
+INDEX_BLOCK_BYTES = 16 << 20  # of a `.idx` read in blocks
 IMAGE_SIZE = (112, 112)  # what `property` announces: insightface's aligned crop size
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -277,6 +281,68 @@ def _parse_index(fs: fsspec.AbstractFileSystem, path: str) -> _Index:
     return _Index(k[last], o[last], np.unique(o))
 
 
+def index_blocks(f: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """(byte offset, lines) of a `.idx` read in blocks of whole lines, about INDEX_BLOCK_BYTES
+    each: for readers that must not hold a whole index (a billion-row curation's)."""
+    start, carry = 0, b""
+    while True:
+        chunk = f.read(INDEX_BLOCK_BYTES)
+        data = carry + chunk
+        cut = len(data) if not chunk else data.rfind(b"\n") + 1
+        block, carry = data[:cut], data[cut:]
+        if block.strip():
+            yield start, block
+        start += len(block)
+        if not chunk:
+            return
+
+
+def parse_index_lines(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, offsets) of `.idx` lines in file order; ValueError if they are not
+    `key<TAB>offset`."""
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(data),
+            read_options=pacsv.ReadOptions(column_names=["key", "offset"]),
+            parse_options=pacsv.ParseOptions(delimiter="\t"),
+            convert_options=pacsv.ConvertOptions(
+                column_types={"key": pa.int64(), "offset": pa.int64()}
+            ),
+        )
+    except pa.ArrowInvalid as e:
+        raise ValueError(f"{where}: not 'key<TAB>offset' lines: {e}") from None
+    return table["key"].to_numpy(), table["offset"].to_numpy()
+
+
+def find_records(
+    fs: fsspec.AbstractFileSystem, path: str, keys: Iterable[int]
+) -> dict[int, tuple[int, int | None]]:
+    """{key: (offset, where the next indexed record starts, None after the last)} of the
+    `keys` that the `.idx` at `path` lists, a key listed twice at its last offset. Two passes
+    in blocks, never the whole index: a report's thumbnails are a few keys of millions."""
+    wanted = np.unique(np.fromiter(keys, np.int64))
+    found: dict[int, int] = {}
+    with fs.open(path, "rb") as f:
+        for _, block in index_blocks(f):
+            k, o = parse_index_lines(block, path)
+            hit = np.isin(k, wanted)
+            found.update(zip(k[hit].tolist(), o[hit].tolist(), strict=True))
+    offsets = np.array(sorted(set(found.values())), np.int64)
+    following = np.full(len(offsets), np.iinfo(np.int64).max)
+    with fs.open(path, "rb") as f:
+        for _, block in index_blocks(f):
+            _, o = parse_index_lines(block, path)
+            o = np.unique(o)
+            at = np.searchsorted(o, offsets, side="right")
+            inside = at < len(o)
+            following[inside] = np.minimum(following[inside], o[at[inside]])
+    ends = {
+        int(offset): None if end == np.iinfo(np.int64).max else int(end)
+        for offset, end in zip(offsets, following, strict=True)
+    }
+    return {key: (offset, ends[offset]) for key, offset in found.items()}
+
+
 def read_names(fs: fsspec.AbstractFileSystem, path: str) -> dict[int, str]:
     """{class index: name} of an `identities.tsv` file."""
     names = {}
@@ -409,6 +475,30 @@ class RecFormat(DatasetFormat):
                 yield from _scan(f, size, shard.key, names)
             else:
                 yield from _read_range(f, size, shard, index, names)
+
+    def read_images(
+        self, fs: fsspec.AbstractFileSystem, root: str, wanted: Mapping[str, Collection[str]]
+    ) -> Iterator[dict]:
+        """With an index, the wanted records are looked up in it block by block and read where
+        it puts them: no shard is listed, so the index is never held whole."""
+        idx = posixpath.join(root, IDX)
+        if not fs.exists(idx):
+            yield from super().read_images(fs, root, wanted)
+            return
+        shards = {}  # key -> shard key
+        for shard_key, image_ids in wanted.items():
+            for image_id in image_ids:
+                name, _, key = image_id.partition("#")
+                if name == REC and key.isdecimal():
+                    shards[int(key)] = shard_key
+        located = find_records(fs, idx, shards)
+        names = _names(fs, posixpath.join(root, NAMES))
+        with fs.open(self.rec_file or posixpath.join(root, REC), "rb") as f:
+            size = _size(f)
+            for key, (offset, end) in sorted(located.items()):
+                if 0 <= offset < size:
+                    limit = size if end is None else min(end, size)
+                    yield _read_indexed(f, key, offset, limit, size, shards[key], names)
 
     def writer(
         self, fs: fsspec.AbstractFileSystem, root: str, *, shard_size: int = 1000

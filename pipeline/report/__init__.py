@@ -22,7 +22,7 @@ from pipeline.storage import StorageOptions, filesystem, parse_uri
 INDEX = "index.html"
 # What DuckDB may hold for the report's queries before it spills: the per-identity aggregates
 # grow with the manifest, the report's memory must not.
-MEMORY_LIMIT = "512MB"
+MEMORY_LIMIT = "256MB"
 
 
 class ReportError(ValueError):
@@ -75,7 +75,7 @@ def write_report(
         draw("quality", charts.quality_chart(histograms))
     progress("measuring the spread of quality per identity")
     spreads = queries.identity_spread(query)
-    most_spread = queries.most_spread(query) if spreads else []
+    most_spread = queries.most_spread(query, spreads)
     if spreads:
         draw("spread", charts.spread_chart(spreads, most_spread))
 

@@ -2,18 +2,21 @@
 DuckDB, so a report over billions of rows holds kilobytes in Python.
 
 Histograms are binned inside DuckDB over the range of their panel (a model's qualities are
-not comparable with another model's). Per-identity spread uses mean and standard deviation,
-which DuckDB aggregates in constant memory per identity; exact quantiles are computed only for
-the few identities drawn as box plots.
+not comparable with another model's), which a first query finds. Per-identity spread uses mean
+and standard deviation, which DuckDB aggregates in constant memory per identity (spilling past
+the connection's memory limit); exact quantiles are computed only for the few identities drawn
+as box plots. Every query scans the manifest once and they run in turn: each scan buffers its
+read-ahead outside DuckDB's limit, so scans side by side would multiply it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.query import ManifestQuery, sql_literal
+from pipeline.query import ManifestQuery, sql_identifier, sql_literal
 
 BINS = 40
 SPREAD_BINS = 24
@@ -22,10 +25,6 @@ MOST_SPREAD = 12  # identities per model in the box plot
 THUMBNAILS = 24  # per group: lowest, around the median, highest
 BOX_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 SCORED = "status = 'ok' AND quality IS NOT NULL AND NOT isnan(quality)"
-
-
-def identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 @dataclass(frozen=True)
@@ -47,15 +46,21 @@ class Spread:
         return int(self.counts.sum())
 
 
-def _edges(lo_column: str, hi_column: str) -> str:
+def _span(lo: float, hi: float) -> tuple[float, float]:
     """`lo`, `span` of a panel; a constant panel is given a unit range centred on its value."""
-    return (
-        f"CASE WHEN {hi_column} > {lo_column} THEN {lo_column} ELSE {lo_column} - 0.5 END AS lo, "
-        f"CASE WHEN {hi_column} > {lo_column} THEN {hi_column} - {lo_column} ELSE 1.0 END AS span"
+    return (lo, hi - lo) if hi > lo else (lo - 0.5, 1.0)
+
+
+def _case(key: str, values: dict[str, float]) -> str:
+    """A SQL expression giving, for each value of column `key`, its number in `values`: what
+    a join with the few panels would do, without a second relation for DuckDB to hash."""
+    whens = " ".join(
+        f"WHEN {sql_literal(k)} THEN CAST('{v!r}' AS DOUBLE)" for k, v in values.items()
     )
+    return f"CASE {key} {whens} END"
 
 
-def _bin(value: str, bins: int, lo: str = "lo", span: str = "span") -> str:
+def _bin(value: str, bins: int, lo: str, span: str) -> str:
     return f"least(CAST(floor(({value} - {lo}) / {span} * {bins}) AS INTEGER), {bins - 1})"
 
 
@@ -83,20 +88,28 @@ def statuses(query: ManifestQuery) -> list[dict]:
 
 def histograms(query: ManifestQuery, source: str, bins: int = BINS) -> dict[str, Histogram]:
     """Quality histograms per panel; `source` is a SELECT of (panel, series, quality)."""
-    rows = query.sql(
-        f"WITH rows AS (SELECT panel, series, quality FROM ({source}) "
-        "WHERE quality IS NOT NULL AND NOT isnan(quality)), "
-        "bounds AS (SELECT panel, min(quality) AS q_lo, max(quality) AS q_hi FROM rows "
-        "GROUP BY panel), "
-        f"edges AS (SELECT panel, {_edges('q_lo', 'q_hi')} FROM bounds) "
-        f"SELECT panel, series, lo, span, {_bin('quality', bins)} AS bin, count(*) AS n "
-        "FROM rows JOIN edges USING (panel) GROUP BY ALL ORDER BY panel, series, bin"
+    rows = (
+        f"SELECT panel, series, quality FROM ({source}) "
+        "WHERE quality IS NOT NULL AND NOT isnan(quality)"
+    )
+    bounds = query.sql(
+        f"SELECT panel, min(quality) AS lo, max(quality) AS hi FROM ({rows}) GROUP BY panel"
     ).to_pylist()
-    out: dict[str, Histogram] = {}
-    for row in rows:
-        if row["panel"] not in out:
-            edges = row["lo"] + row["span"] * np.arange(bins + 1) / bins
-            out[row["panel"]] = Histogram(edges, {})
+    ranges = {b["panel"]: _span(b["lo"], b["hi"]) for b in bounds}
+    if not ranges:
+        return {}
+    binned = _bin(
+        "quality",
+        bins,
+        _case("panel", {p: r[0] for p, r in ranges.items()}),
+        _case("panel", {p: r[1] for p, r in ranges.items()}),
+    )
+    counted = query.sql(
+        f"SELECT panel, series, {binned} AS bin, count(*) AS n FROM ({rows}) GROUP BY ALL"
+    ).to_pylist()
+    steps = np.arange(bins + 1) / bins
+    out = {p: Histogram(lo + span * steps, {}) for p, (lo, span) in ranges.items()}
+    for row in counted:
         counts = out[row["panel"]].counts.setdefault(row["series"], np.zeros(bins, np.int64))
         counts[row["bin"]] = row["n"]
     return out
@@ -119,70 +132,94 @@ _IDENTITIES = (
 
 def identity_spread(query: ManifestQuery) -> dict[str, Spread]:
     """Per model_id: identities with at least two ok images, by mean and std of quality."""
-    rows = query.sql(
-        f"WITH ids AS ({_IDENTITIES}), "
-        "ranged AS (SELECT model_id, mean, std, "
-        "min(mean) OVER m AS m_lo, max(mean) OVER m AS m_hi, max(std) OVER m AS s_hi "
-        "FROM ids WINDOW m AS (PARTITION BY model_id)), "
-        f"edges AS (SELECT model_id, mean, std, {_edges('m_lo', 'm_hi')}, "
-        "CASE WHEN s_hi > 0 THEN s_hi ELSE 1.0 END AS s_span FROM ranged) "
-        f"SELECT model_id, lo, span, s_span, {_bin('mean', SPREAD_BINS)} AS mean_bin, "
-        f"{_bin('std', SPREAD_BINS, lo='0', span='s_span')} AS std_bin, count(*) AS n "
-        "FROM edges GROUP BY ALL ORDER BY model_id"
+    bounds = query.sql(
+        "SELECT model_id, min(mean) AS lo, max(mean) AS hi, max(std) AS s_hi "
+        f"FROM ({_IDENTITIES}) GROUP BY model_id"
     ).to_pylist()
-    out: dict[str, Spread] = {}
+    if not bounds:
+        return {}
+    means = {b["model_id"]: _span(b["lo"], b["hi"]) for b in bounds}
+    stds = {b["model_id"]: b["s_hi"] if b["s_hi"] > 0 else 1.0 for b in bounds}
+    mean_bin = _bin(
+        "mean",
+        SPREAD_BINS,
+        _case("model_id", {m: r[0] for m, r in means.items()}),
+        _case("model_id", {m: r[1] for m, r in means.items()}),
+    )
+    std_bin = _bin("std", SPREAD_BINS, "0", _case("model_id", stds))
+    counted = query.sql(
+        f"SELECT model_id, {mean_bin} AS mean_bin, {std_bin} AS std_bin, count(*) AS n "
+        f"FROM ({_IDENTITIES}) GROUP BY ALL"
+    ).to_pylist()
     steps = np.arange(SPREAD_BINS + 1) / SPREAD_BINS
-    for row in rows:
-        if row["model_id"] not in out:
-            out[row["model_id"]] = Spread(
-                row["lo"] + row["span"] * steps,
-                row["s_span"] * steps,
-                np.zeros((SPREAD_BINS, SPREAD_BINS), np.int64),
-            )
+    out = {
+        m: Spread(
+            lo + span * steps, stds[m] * steps, np.zeros((SPREAD_BINS, SPREAD_BINS), np.int64)
+        )
+        for m, (lo, span) in means.items()
+    }
+    for row in counted:
         out[row["model_id"]].counts[row["std_bin"], row["mean_bin"]] += row["n"]
     return out
 
 
-def most_spread(query: ManifestQuery, per_model: int = MOST_SPREAD) -> list[dict]:
-    """The identities with the largest quality std per model, with exact box-plot quantiles."""
+def most_spread(
+    query: ManifestQuery, models: Iterable[str], per_model: int = MOST_SPREAD
+) -> list[dict]:
+    """The identities with the largest quality std of each model, with exact box-plot
+    quantiles. One top-N query per model: a window over all identities would hold them."""
+    top = []
+    for model_id in sorted(models):
+        top += query.sql(
+            f"SELECT model_id, dataset, identity, std FROM ({_IDENTITIES}) "
+            f"WHERE model_id = {sql_literal(model_id)} "
+            f"ORDER BY std DESC, dataset, identity LIMIT {int(per_model)}"
+        ).to_pylist()
+    if not top:
+        return []
+    chosen = " OR ".join(
+        f"(model_id = {sql_literal(r['model_id'])} AND dataset = {sql_literal(r['dataset'])} "
+        f"AND identity = {sql_literal(r['identity'])})"
+        for r in top
+    )
     quantiles = ", ".join(map(str, BOX_QUANTILES))
-    return query.sql(
-        f"WITH ids AS ({_IDENTITIES}), "
-        "top AS (SELECT model_id, dataset, identity, std FROM ids QUALIFY row_number() OVER "
-        "(PARTITION BY model_id ORDER BY std DESC, dataset, identity) "
-        f"<= {int(per_model)}) "
-        "SELECT model_id, dataset, identity, any_value(top.std) AS std, count(*) AS images, "
+    found = query.sql(
+        "SELECT model_id, dataset, identity, count(*) AS images, "
         f"quantile_cont(quality, [{quantiles}]) AS quantiles "
-        "FROM manifest JOIN top USING (model_id, dataset, identity) "
-        f"WHERE {SCORED} GROUP BY ALL "
-        "ORDER BY model_id, std DESC, dataset, identity"
+        f"FROM manifest WHERE {SCORED} AND ({chosen}) GROUP BY ALL"
     ).to_pylist()
+    boxes = {(r["model_id"], r["dataset"], r["identity"]): r for r in found}
+    return [{**r, **boxes[r["model_id"], r["dataset"], r["identity"]]} for r in top]
 
 
 def thumbnail_rows(
     query: ManifestQuery, model_id: str, selection: str | None = None, n: int = THUMBNAILS
 ) -> list[dict]:
     """The `n` lowest, `n` nearest the (approximate) median and `n` highest quality ok images of
-    `model_id`, each with its group; with a selection, the reason it gave each image."""
+    `model_id`, each with its group; with a selection, the reason it gave each image. Each
+    group is a query of its own: DuckDB would run them side by side, each scan buffering."""
     where = f"{SCORED} AND model_id = {sql_literal(model_id)}"
     columns = "dataset, image_id, shard, identity, quality, model_id"
     order = "dataset, image_id"
-    groups = (
-        f"(SELECT 'lowest' AS grp, {columns} FROM manifest WHERE {where} "
-        f"ORDER BY quality, {order} LIMIT {n}) UNION ALL "
-        f"(SELECT 'median' AS grp, {columns} FROM manifest, "
-        f"(SELECT approx_quantile(quality, 0.5) AS middle FROM manifest WHERE {where}) "
-        f"WHERE {where} ORDER BY abs(quality - middle), {order} LIMIT {n}) UNION ALL "
-        f"(SELECT 'highest' AS grp, {columns} FROM manifest WHERE {where} "
-        f"ORDER BY quality DESC, {order} LIMIT {n})"
-    )
-    rows = query.sql(groups).to_pylist()
+
+    def group(name: str, by: str) -> list[dict]:
+        return query.sql(
+            f"SELECT '{name}' AS grp, {columns} FROM manifest WHERE {where} "
+            f"ORDER BY {by}, {order} LIMIT {int(n)}"
+        ).to_pylist()
+
+    middle = query.sql(
+        f"SELECT approx_quantile(quality, 0.5) AS middle FROM manifest WHERE {where}"
+    ).to_pylist()[0]["middle"]
+    rows = group("lowest", "quality") + group("highest", "quality DESC")
+    if middle is not None:
+        rows += group("median", f"abs(quality - CAST('{middle!r}' AS DOUBLE))")
     reasons: dict[tuple[str, str], str] = {}
     if selection is not None and rows:
         # The selection is asked for these rows alone: a join would hash all of it.
         image_ids = ", ".join(sorted({sql_literal(r["image_id"]) for r in rows}))
         found = query.sql(
-            f"SELECT dataset, image_id, reason FROM {identifier(selection)} "
+            f"SELECT dataset, image_id, reason FROM {sql_identifier(selection)} "
             f"WHERE model_id = {sql_literal(model_id)} AND image_id IN ({image_ids})"
         ).to_pylist()
         reasons = {(r["dataset"], r["image_id"]): r["reason"] for r in found}
@@ -197,6 +234,6 @@ def selection_histogram(query: ManifestQuery, selection: str) -> Histogram | Non
     found = histograms(
         query,
         "SELECT 'selection' AS panel, CASE WHEN keep THEN 'kept' ELSE 'dropped' END AS series, "
-        f"quality FROM {identifier(selection)}",
+        f"quality FROM {sql_identifier(selection)}",
     )
     return found.get("selection")

@@ -16,11 +16,12 @@ import webdataset
 
 from pipeline import shuffle
 from pipeline.catalog import CatalogConfig, open_catalog
-from pipeline.export import ExportError, ExportPlan, export, rec_idx
+from pipeline.export import ExportError, ExportPlan, export
 from pipeline.export import kept as kept_keys
 from pipeline.export.base import natural_key
 from pipeline.export.samples import balanced_sizes
 from pipeline.formats import get_format
+from pipeline.formats import rec as rec_format
 from pipeline.formats.rec import (
     ImageHeader,
     pack_image_header,
@@ -237,7 +238,7 @@ def test_rec_idx_reads_an_unsorted_index_in_blocks(ray_local, tmp_path, rec, mon
     # Blocks of about two lines, the lines shuffled and one key listed twice (the last
     # listing wins, as in mxnet): every group still finds exactly its records.
     uri, samples = rec
-    monkeypatch.setattr(rec_idx, "BLOCK_BYTES", 16)
+    monkeypatch.setattr(rec_format, "INDEX_BLOCK_BYTES", 16)
     monkeypatch.setattr(kept_keys, "ROWS_PER_GROUP", 3)
     lines = Path(uri, "train.idx").read_text().splitlines()
     offsets = dict(ln.split("\t") for ln in lines)

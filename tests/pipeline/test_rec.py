@@ -497,3 +497,28 @@ def test_random_damage_never_hangs_or_raises(mem, seed, indexed):
     assert all(r["error"] for r in rows if r["status"] == READ_ERROR)
     if indexed:
         assert [r["image_id"] for r in rows] == [w[0] for w in written]
+
+
+def test_read_images_finds_records_through_an_index_read_in_blocks(store, monkeypatch):
+    # Blocks of about two lines, the lines shuffled and one key listed twice (the last
+    # listing wins, as in mxnet): the wanted records are found without listing a shard.
+    fs, root = store
+    written = write(fs, root, grouped([4, 4, 3], named=True))
+    lines = fs.cat_file(f"{root}/train.idx").decode().splitlines()
+    offsets = dict(line.split("\t") for line in lines)
+    shuffled = [f"5\t{offsets['9']}", *lines[::2][::-1], *lines[1::2], f"5\t{offsets['5']}"]
+    fs.pipe_file(f"{root}/train.idx", "".join(f"{line}\n" for line in shuffled).encode())
+    monkeypatch.setattr(rec, "INDEX_BLOCK_BYTES", 16)
+    monkeypatch.setattr(RecFormat, "list_shards", lambda *_: pytest.fail("listed the shards"))
+    wanted = {"train.rec#1-12": ["train.rec#2", "train.rec#5", "train.rec#11", "train.rec#99"]}
+    rows = list(RecFormat().read_images(fs, root, wanted))
+    expected = {image_id: (who, img) for image_id, who, img in written}
+    assert [(r["image_id"], r["status"]) for r in rows] == [
+        ("train.rec#2", OK),
+        ("train.rec#5", OK),
+        ("train.rec#11", OK),
+    ]
+    assert {r["image_id"]: (r["identity"], r["image"]) for r in rows} == {
+        i: expected[i] for i in ("train.rec#2", "train.rec#5", "train.rec#11")
+    }
+    assert {r["shard"] for r in rows} == {"train.rec#1-12"}
