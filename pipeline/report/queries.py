@@ -5,8 +5,8 @@ Histograms are binned inside DuckDB over the range of their panel (a model's qua
 not comparable with another model's), which a first query finds. Per-identity spread uses mean
 and standard deviation, which DuckDB aggregates in constant memory per identity (spilling past
 the connection's memory limit); exact quantiles are computed only for the few identities drawn
-as box plots. Every query scans the manifest once and they run in turn: each scan buffers its
-read-ahead outside DuckDB's limit, so scans side by side would multiply it.
+as box plots. Every query scans the manifest once and they run in turn, so the report holds
+one scan's buffers at a time beside DuckDB's capped aggregates.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def thumbnail_rows(
 ) -> list[dict]:
     """The `n` lowest, `n` nearest the (approximate) median and `n` highest quality ok images of
     `model_id`, each with its group; with a selection, the reason it gave each image. Each
-    group is a query of its own: DuckDB would run them side by side, each scan buffering."""
+    group is a query of its own, so that one scan runs at a time."""
     where = f"{SCORED} AND model_id = {sql_literal(model_id)}"
     columns = "dataset, image_id, shard, identity, quality, model_id"
     order = "dataset, image_id"
