@@ -86,6 +86,22 @@ def run_scale(config: BenchScaleConfig) -> None:
     print(json.dumps(result))
 
 
+class BenchFacesConfig(JobConfig):
+    model: str = Field(description="the model artifact to check (e.g. the demo's)")
+    seed: int = Field(0, description="seed of the degradations' random choices")
+
+
+def run_faces(config: BenchFacesConfig) -> None:
+    from models.artifact import load_artifact
+    from pipeline.face_check import face_check, summary_lines
+    from pipeline.storage import filesystem
+
+    fs, path = filesystem(config.model)
+    result = face_check(load_artifact(path, fs=fs), seed=config.seed)
+    print("\n".join(summary_lines(result)))
+    print(json.dumps(result))
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "bench",
@@ -140,6 +156,15 @@ def register(subparsers) -> None:
         run_query,
         summary="a quantile query over a generated manifest vs bare DuckDB on its files",
         example="fiqa bench query --rows 10000000",
+    )
+    register_verb(
+        what,
+        "faces",
+        BenchFacesConfig,
+        run_faces,
+        summary="real packaged face photos degraded in steps of every kind: Spearman(severity, "
+        "quality) per kind and dlib's distance to the clean face (needs the dlib extra)",
+        example="fiqa bench faces --model demo-output/model",
     )
     register_verb(
         what,

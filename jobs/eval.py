@@ -14,8 +14,8 @@ class EvalConfig(DataConfig):
     out: str = Field(description="directory for result.json, edc.png, ranking.md")
     fr_models: list[FrModelSpec] = Field(
         [],
-        description="more FR models: artifact directories or .onnx files (YAML: full specs "
-        "with size, mean, std, colour_order, layout, dtype)",
+        description="more FR models: artifact directories, .onnx files (YAML: full specs "
+        "with size, mean, std, colour_order, layout, dtype) or dlib (pip install '.[dlib]')",
         json_schema_extra={"flag": "--fr-model", "metavar": "URI"},
     )
     crfiqa_model: str | None = Field(None, description="a crfiqa-mode artifact to compare")
@@ -90,6 +90,12 @@ def print_summary(result: dict) -> None:
             key=lambda c: c["pauc"],
         )
         limit = curves[0]["pauc_discard_limit"]
+        g, i = fr["genuine"], fr["impostor"]
+        print(
+            f"{fr['name']}: similarity ({fr['similarity']}) genuine mean {g['mean']:.3f} "
+            f"sd {g['sd']:.3f}, impostor mean {i['mean']:.3f} sd {i['sd']:.3f}; "
+            + "; ".join(f"FNMR {at['fnmr']:.3f} at FMR {at['fmr']:g}" for at in fr["at_fmr"])
+        )
         print(
             f"{fr['name']}, FMR {fmr:g}: starting FNMR {curves[0]['starting_error']:.4f}; "
             f"pAUC to discard {limit:g}, best first:"

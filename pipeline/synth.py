@@ -8,9 +8,12 @@ eyeballs behind almond-shaped lid openings cut into the skin; nose bridge, tip a
 lips; ears; a hair cap cut at a ragged hairline, with long-hair, curl or bun volumes;
 optional full beard and glasses) plus the skin, hair and eye colours and the offsets into a
 shared noise table that give each person their own skin blotches, pores, freckles and iris
-pattern. Features without much relief (lips, brows, lashes and lid creases, nostrils, moles,
-stubble, moustache, goatee) are painted on the surface in object coordinates, so they follow
-the head as it turns.
+pattern. A per-person relief moves and reshapes the face's ellipsoids, and per-person
+proportions displace the outline of the rendered crop smoothly. Features without much relief
+(lips, brows, lashes and lid creases, nostrils, moles, stubble, moustache, goatee, age lines)
+are painted on the surface in object coordinates, so they follow the head as it turns.
+The spreads were tuned until a real FR model (dlib's, docs/evaluation.md) tells identities
+apart, while an identity's own images vary only by pose, expression and light.
 
 A `Variation` is one photograph of that person: head pose, expression (smile, open mouth,
 raised brows, eye openness, gaze), light and background, and the small shift, scale and
@@ -147,6 +150,7 @@ class Identity:
     sRGB in [0, 1], and categorical styles."""
 
     masculinity: float
+    age: float
     head_width: float
     head_length: float
     jaw_width: float
@@ -198,6 +202,8 @@ class Identity:
     glasses: str
     frame_colour: tuple[float, float, float]
     lens_tint: tuple[float, float, float]
+    relief: tuple[tuple[float, ...], ...]
+    proportions: tuple[tuple[float, float], ...]
 
 
 @dataclass(frozen=True)
@@ -280,7 +286,7 @@ class DegradationPolicy:
         count = 1 + _index(rng, self.mix[: len(self.enabled)])
         picked = rng.choice(len(self.enabled), size=count, replace=False)
         names = sorted((self.enabled[i] for i in picked), key=DEGRADATIONS.index)
-        return tuple(_sample_degradation(name, rng.uniform(*self.severity), rng) for name in names)
+        return tuple(sample_degradation(name, rng.uniform(*self.severity), rng) for name in names)
 
 
 @dataclass
@@ -325,9 +331,11 @@ def _pick(rng: np.random.Generator, options: tuple, weights) -> str:
 
 
 def sample_identity(rng: np.random.Generator) -> Identity:
-    """Draw one person. Shape numbers vary around 1 with spreads chosen so that the five
-    landmarks stay within a few pixels of the template once aligned."""
+    """Draw one person. Shape numbers vary around 1 with spreads close to those of adult
+    anthropometry (a few to 10 % for lengths and widths); masculinity shifts the sexually
+    dimorphic ones, age deepens lines and folds."""
     masc = float(rng.uniform())
+    age = float(rng.beta(1.3, 1.6))
     melanin = float(rng.beta(1.1, 1.3))
     tone = melanin * 6
     low = int(min(tone, 5))
@@ -368,33 +376,34 @@ def sample_identity(rng: np.random.Generator) -> Identity:
     )
     return Identity(
         masculinity=masc,
-        head_width=1 + _normal(rng, 0.045) + 0.03 * masc,
-        head_length=1 + _normal(rng, 0.04),
-        jaw_width=1 + _normal(rng, 0.07) + 0.06 * (masc - 0.5),
-        chin_width=1 + _normal(rng, 0.15),
-        chin_length=1 + _normal(rng, 0.05),
+        age=age,
+        head_width=1 + _normal(rng, 0.06) + 0.06 * (masc - 0.5),
+        head_length=1 + _normal(rng, 0.06),
+        jaw_width=1 + _normal(rng, 0.10) + 0.15 * (masc - 0.5),
+        chin_width=1 + _normal(rng, 0.15) + 0.3 * (masc - 0.5),
+        chin_length=1 + _normal(rng, 0.08),
         cheekbones=float(rng.uniform()),
         cheek_fullness=float(rng.uniform()),
         brow_ridge=float(np.clip(masc + _normal(rng, 0.3), 0, 1)),
-        eye_spacing=1 + _normal(rng, 0.04),
-        eye_width=1 + _normal(rng, 0.07),
-        eye_height=1 + _normal(rng, 0.14),
-        eye_tilt=_normal(rng, 4.0),
-        eye_depth=_normal(rng, 0.6),
-        brow_height=1 + _normal(rng, 0.1),
-        brow_thickness=1 + _normal(rng, 0.2) + 0.25 * (masc - 0.5),
+        eye_spacing=1 + _normal(rng, 0.07),
+        eye_width=1 + _normal(rng, 0.11) - 0.1 * (masc - 0.5),
+        eye_height=1 + _normal(rng, 0.2) - 0.2 * (masc - 0.5),
+        eye_tilt=_normal(rng, 6.0),
+        eye_depth=_normal(rng, 0.9) + masc - 0.5,
+        brow_height=1 + _normal(rng, 0.15) - 0.2 * (masc - 0.5),
+        brow_thickness=1 + _normal(rng, 0.3) + 0.5 * (masc - 0.5),
         brow_arch=float(rng.uniform(0.1, 1.0)),
         brow_length=1 + _normal(rng, 0.1),
-        brow_slope=_normal(rng, 1.5),
-        nose_length=1 + _normal(rng, 0.06),
-        nose_width=1 + _normal(rng, 0.12) + 0.1 * melanin,
-        nose_projection=1 + _normal(rng, 0.12),
-        nose_bridge=1 + _normal(rng, 0.15),
-        nose_tip=1 + _normal(rng, 0.12),
-        mouth_width=1 + _normal(rng, 0.06),
-        mouth_height=1 + _normal(rng, 0.035),
-        upper_lip=1 + _normal(rng, 0.2) + 0.15 * melanin,
-        lower_lip=1 + _normal(rng, 0.2) + 0.15 * melanin,
+        brow_slope=_normal(rng, 2.5),
+        nose_length=1 + _normal(rng, 0.11) + 0.08 * (masc - 0.5),
+        nose_width=1 + _normal(rng, 0.18) + 0.2 * melanin,
+        nose_projection=1 + _normal(rng, 0.18) + 0.15 * (masc - 0.5),
+        nose_bridge=1 + _normal(rng, 0.22),
+        nose_tip=1 + _normal(rng, 0.18),
+        mouth_width=1 + _normal(rng, 0.08),
+        mouth_height=1 + _normal(rng, 0.08),
+        upper_lip=1 + _normal(rng, 0.3) + 0.3 * melanin - 0.3 * (masc - 0.5),
+        lower_lip=1 + _normal(rng, 0.3) + 0.3 * melanin - 0.3 * (masc - 0.5),
         ear_size=1 + _normal(rng, 0.1),
         ear_angle=float(rng.uniform()),
         skin_colour=skin_colour,
@@ -419,6 +428,14 @@ def sample_identity(rng: np.random.Generator) -> Identity:
         glasses=glasses,
         frame_colour=frame_colour,
         lens_tint=tuple(float(c) for c in rng.uniform(0.75, 1.0, 3)),
+        proportions=tuple(
+            (_normal(rng, _PROPORTION_SD), _normal(rng, _PROPORTION_SD)) for _ in _PROPORTION_POINTS
+        ),
+        relief=tuple(
+            tuple(float(v) for v in row)
+            for row in np.clip(rng.normal(0, 1, (_RELIEF_PRIMITIVES, 6)), -2.5, 2.5)
+            * np.array(_RELIEF_SD)
+        ),
     )
 
 
@@ -453,7 +470,7 @@ def sample_variation(rng: np.random.Generator) -> Variation:
     )
 
 
-def _sample_degradation(name: str, severity: float, rng: np.random.Generator) -> Degradation:
+def sample_degradation(name: str, severity: float, rng: np.random.Generator) -> Degradation:
     """Parameters of one degradation at `severity`. The mappings are chosen so that equal
     severities do roughly equal harm, and 1 leaves little identity; random choices
     (direction, kind, seeds) are drawn here so that applying it later is deterministic."""
@@ -480,9 +497,10 @@ def _sample_degradation(name: str, severity: float, rng: np.random.Generator) ->
         params = {"sigma": 4.0 * s}
     elif name == "motion_blur":
         params = {"length": 1 + 20 * s, "angle": float(rng.uniform(0, 180))}
-    elif name == "downsample":
+    elif name == "downsample":  # a thumbnail, averaged or (cheap scalers) decimated
         params = {
             "size": round(SIZE / (1 + 9 * s)),
+            "down": _pick(rng, ("box", "nearest"), [3, 1]),
             "up": _pick(rng, ("bilinear", "bicubic"), [1, 1]),
         }
     elif name == "noise":
@@ -492,7 +510,9 @@ def _sample_degradation(name: str, severity: float, rng: np.random.Generator) ->
             "seed": int(rng.integers(2**31)),
         }
     else:  # jpeg: quality falls fast at first, as artefacts only show below about 50
-        params = {"quality": round(2 + 93 * (1 - s) ** 2.5)}
+        # Half the images were a camera's JPEG before, so they are compressed twice.
+        first = int(rng.integers(70, 96)) if rng.random() < 0.5 else None
+        params = {"quality": round(2 + 93 * (1 - s) ** 2.5), "first_quality": first}
     return Degradation(name, s, params)
 
 
@@ -532,6 +552,17 @@ class _Features:
 
 
 _EYE_RADIUS = 7.2
+# Where an identity's proportions move the face's outline in the aligned crop (forehead,
+# temples, cheeks, jaw, chin), in pixels; the five landmarks stay where they are.
+_PROPORTION_POINTS = np.array(
+    [[56, 20], [22, 40], [90, 40], [20, 78], [92, 78], [34, 104], [78, 104], [56, 114]],
+    dtype=float,
+)
+_PROPORTION_SD, _PROPORTION_REACH, _PROPORTION_CELL = 3.0, 16.0, 14
+# The face's skin primitives after the cranium (which the hair cap follows) are moved by up
+# to 5% of their radii and scaled by up to 8% per axis (one standard deviation).
+_RELIEF_PRIMITIVES = 14
+_RELIEF_SD = (0.05, 0.05, 0.05, 0.08, 0.08, 0.08)
 
 
 def _features(idt: Identity, var: Variation) -> _Features:
@@ -573,7 +604,7 @@ def _object_landmarks(feat: _Features) -> np.ndarray:
     )
 
 
-def _similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, float, np.ndarray]:
+def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, float, np.ndarray]:
     """Least-squares similarity dst ~ [[a, -b], [b, a]] @ src + t (as face aligners do)."""
     src_mean, dst_mean = src.mean(0), dst.mean(0)
     p, q = src - src_mean, dst - dst_mean
@@ -601,7 +632,7 @@ class _Camera:
 def _camera(feat: _Features, var: Variation) -> _Camera:
     pose = _rotation(var.yaw, var.pitch, var.roll)
     projected = (_object_landmarks(feat) @ pose.T)[:, :2]
-    a, b, t = _similarity(projected, TEMPLATE)
+    a, b, t = similarity(projected, TEMPLATE)
     # Residual alignment error: rotate and scale about the crop centre, then shift.
     centre = np.array([SIZE / 2, SIZE / 2])
     jitter = np.radians(var.rotation)
@@ -696,12 +727,23 @@ def _scene(idt: Identity, var: Variation, feat: _Features) -> _Scene:
         eye = (side * feat.eye_x, 0.0, feat.eye_z)
         scene.add(eye, (feat.eye_r,) * 3, _EYE)
         scene.add((eye[0], 0.3, feat.eye_z - 1), (feat.lid_w + 1.5, 6.0, 4.0), _SOCKET)
+    _apply_relief(scene, idt)
     _hair(scene, idt, cranium_c, cranium_r)
     if idt.beard == "full":
         scene.add((0, 42, -24), (38 * jaw, 24, 37 + 2 * idt.beard_density), _HAIR, _BEARD)
     if idt.glasses != "none":
         _glasses(scene, idt, feat)
     return scene
+
+
+def _apply_relief(scene: _Scene, idt: Identity) -> None:
+    """Move and reshape the face's skin primitives (all but the cranium) by the identity's
+    relief: the shape detail that the named proportions leave out."""
+    skin = [k for k in range(1, len(scene.centres)) if scene.materials[k] == _SKIN]
+    for k, row in zip(skin, idt.relief, strict=True):
+        radii = np.asarray(scene.radii[k], float)
+        scene.centres[k] = np.asarray(scene.centres[k], float) + radii * np.array(row[:3])
+        scene.radii[k] = radii * np.exp(row[3:])
 
 
 def _hair(scene: _Scene, idt: Identity, centre, radii: np.ndarray) -> None:
@@ -1086,6 +1128,8 @@ def _paint_skin(surf: _Surface, idt: Identity, var: Variation, feat: _Features, 
         regions.append((paint, (mx - mr - 1, my - mr - 1, -16), (mx + mr + 1, my + mr + 1, 25)))
     if idt.beard != "none":
         regions.append((_paint_beard, (-45, feat.nose_y, -45), (45, 68, 25)))
+    if idt.age > 0.1:
+        regions.append((_paint_age, (-40, -36, -14), (40, feat.mouth_y + 12, 30)))
     for paint, low, high in regions:
         box = _pixel_box(cam, low, high)
         if box is not None:
@@ -1111,6 +1155,28 @@ def _paint_mole(mole, colour, x, y, z, idt: Identity, var: Variation, feat: _Fea
     mx, my, mr = mole
     mole_alpha = _smoothstep(mr + 0.4, mr - 0.4, np.hypot(x - mx, y - my)) * (z > -16)
     _mix(colour, _rgb(idt.skin_colour) * 0.35, mole_alpha * 0.8)
+
+
+def _paint_age(colour, x, y, z, idt: Identity, var: Variation, feat: _Features):
+    """Lines that deepen with age: nasolabial folds from the nose wings to beyond the mouth
+    corners (deeper in a smile), forehead lines, crow's feet and the lower-lid crease."""
+    ax = np.abs(x)
+    top, bottom = feat.nose_y - 3, feat.mouth_y + 9
+    t = np.clip((y - top) * (1 / (bottom - top)), 0, 1)
+    wing = 6.3 * idt.nose_width + 4
+    fold_x = wing + (feat.mouth_w + 3 - wing) * t + 2.5 * np.sin(np.pi * t)
+    fold = np.exp(-(((ax - fold_x) * (1 / 1.3)) ** 2)) * _smoothstep(0, 0.15, t)
+    fold *= _smoothstep(1, 0.8, t) * (0.6 + 0.6 * var.smile)
+    wave = 0.8 * np.sin(x * (1 / 9) + idt.texture_offset[0])
+    forehead = sum(np.exp(-(((y + 20 + 5.5 * k - wave) * (1 / 0.7)) ** 2)) for k in range(3))
+    forehead *= _smoothstep(26, 14, ax) * (0.6 + 0.6 * max(var.brow_raise, 0))
+    dx, dy = ax - feat.eye_x - feat.lid_w - 2.5, y - 1
+    crows = np.exp(-((dy - 0.5 * dx * np.sign(dy)) ** 2) * 0.8) * (dx > 0) * _smoothstep(7, 3, dx)
+    side = np.where(x < 0, np.float32(-1), np.float32(1))
+    u, v = _eye_local(x - side * feat.eye_x, y, side * feat.tilt)
+    bags = np.exp(-(((v - feat.lid_low - 3.5) * (1 / 0.9)) ** 2)) * _smoothstep(9, 4, np.abs(u))
+    lines = 0.4 * fold + 0.18 * forehead + 0.2 * crows + 0.25 * bags
+    colour *= 1 - idt.age * np.clip(lines, 0, 0.8) * (z > -14)
 
 
 def _paint_eye_surrounds(colour, x, y, z, idt: Identity, var: Variation, feat: _Features):
@@ -1311,7 +1377,44 @@ def _render(identity: Identity, variation: Variation, feat: _Features, cam: _Cam
     image = image + surf.mask * (shaded - image)
     _lenses(image, scene, cam, identity, surf)
     image = _soften_edges(np.sqrt(np.clip(image, 0, 1)), surf.index)
-    return (image * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0).copy()
+    image = (image * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0).copy()
+    return _reproportion(image, identity, _projected_landmarks(feat, cam))
+
+
+def _reproportion(image: np.ndarray, idt: Identity, points: np.ndarray) -> np.ndarray:
+    """Move the crop's content by the identity's proportions: a smooth (Gaussian radial
+    basis) displacement that interpolates its offsets at `_PROPORTION_POINTS`, placed on the
+    rendered face by the landmarks, and none at the landmarks themselves. Fixed per identity,
+    it changes the outline as real faces differ, beyond what the ellipsoids' numbers do."""
+    a, b, t = similarity(TEMPLATE, points)
+    to_crop = np.array([[a, -b], [b, a]])
+    anchors = np.concatenate([_PROPORTION_POINTS @ to_crop.T + t, points])
+    moves = np.concatenate([np.array(idt.proportions) @ to_crop.T, np.zeros((5, 2))])
+    scale = -1 / (2 * _PROPORTION_REACH**2)
+    weights = np.linalg.solve(
+        np.exp(scale * ((anchors[:, None] - anchors[None]) ** 2).sum(-1)), moves
+    )
+    # The field is smooth, so Pillow's mesh transform (one bilinear quad per cell) follows it:
+    # each output cell reads from its corners moved back by the field.
+    corners = np.arange(0, SIZE + 1, _PROPORTION_CELL, dtype=np.float64)
+    profile = np.exp(scale * (corners[None] - anchors[:, :, None]) ** 2)  # (anchor, x|y, corner)
+    field = np.einsum("ky,kx,kc->yxc", profile[:, 1], profile[:, 0], weights)
+    # Read from an edge-padded copy, so that what moves in at the border is not black.
+    pad = 8
+    source = np.stack(np.meshgrid(corners, corners), -1) - field + pad  # (y, x, 2)
+    mesh = []
+    for i in range(len(corners) - 1):
+        for j in range(len(corners) - 1):
+            box = tuple(int(v) for v in (corners[j], corners[i], corners[j + 1], corners[i + 1]))
+            quad = np.concatenate(  # north-west, south-west, south-east, north-east
+                [source[i, j], source[i + 1, j], source[i + 1, j + 1], source[i, j + 1]]
+            )
+            mesh.append((box, tuple(quad.tolist())))
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+    moved = Image.fromarray(padded).transform(
+        (SIZE, SIZE), Image.Transform.MESH, mesh, Image.Resampling.BILINEAR
+    )
+    return np.asarray(moved)
 
 
 def _lenses(image, scene: _Scene, cam: _Camera, idt: Identity, surf: _Surface) -> None:
@@ -1401,7 +1504,8 @@ def _downsample(image: np.ndarray, params: dict, points: np.ndarray) -> np.ndarr
     if size >= SIZE:
         return image
     up = Image.Resampling.BICUBIC if params["up"] == "bicubic" else Image.Resampling.BILINEAR
-    small = Image.fromarray(image).resize((size, size), Image.Resampling.BOX)
+    down = Image.Resampling.NEAREST if params["down"] == "nearest" else Image.Resampling.BOX
+    small = Image.fromarray(image).resize((size, size), down)
     return np.asarray(small.resize((SIZE, SIZE), up))
 
 
@@ -1419,10 +1523,14 @@ def _noise_degradation(image: np.ndarray, params: dict, points: np.ndarray) -> n
 
 
 def _jpeg(image: np.ndarray, params: dict, points: np.ndarray) -> np.ndarray:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=int(params["quality"]))
-    buffer.seek(0)
-    return np.asarray(Image.open(buffer).convert("RGB"))
+    """libjpeg through Pillow (4:2:0 chroma, as cameras and web encoders store faces), after
+    an earlier compression at `first_quality` when there was one."""
+    for quality in (params["first_quality"], params["quality"]):
+        if quality is not None:
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, format="JPEG", quality=int(quality))
+            image = np.asarray(Image.open(buffer).convert("RGB"))
+    return image
 
 
 def _exposure(image: np.ndarray, params: dict, points: np.ndarray) -> np.ndarray:

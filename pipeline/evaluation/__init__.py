@@ -21,7 +21,7 @@ import torch
 from models.artifact import load_artifact
 from pipeline.evaluation import edc, methods
 from pipeline.evaluation.features import FeaturePass, Features, SerFiq, compute_features
-from pipeline.evaluation.fr_models import FrModelSpec, load_fr_model
+from pipeline.evaluation.fr_models import FrModelSpec, Metric, load_fr_model
 from pipeline.evaluation.pairs import IMPOSTORS, MAX_GENUINE, Pairs, comparison_pairs
 from pipeline.evaluation.ranking import ranking_markdown
 from pipeline.evaluation.severity import severity_quartiles
@@ -32,6 +32,7 @@ from pipeline.verification import fmr_threshold, verification
 RESULT_FILE = "result.json"
 PLOT_FILE = "edc.png"
 RANKING_FILE = "ranking.md"
+SUMMARY_QUANTILES = (0.01, 0.05, 0.5, 0.95, 0.99)
 BOOTSTRAP_TAG = 0xB007  # RNG key of the resamples, apart from pair sampling's
 
 
@@ -151,13 +152,19 @@ def evaluate(plan: EvaluationPlan) -> dict:
     return result
 
 
-def comparison_scores(embeddings: np.ndarray, pairs: Pairs, chunk: int = 65536) -> np.ndarray:
-    """Cosine similarity of each pair of L2-normalised embeddings."""
+def comparison_scores(
+    embeddings: np.ndarray, pairs: Pairs, metric: Metric = "cosine", chunk: int = 65536
+) -> np.ndarray:
+    """Similarity of each pair: the cosine of L2-normalised embeddings, or minus the
+    Euclidean distance (higher is more alike either way)."""
     out = np.empty(len(pairs), dtype=np.float64)
     for start in range(0, len(pairs), chunk):
         a = embeddings[pairs.first[start : start + chunk]]
         b = embeddings[pairs.second[start : start + chunk]]
-        out[start : start + chunk] = (a * b).sum(axis=1)
+        if metric == "cosine":
+            out[start : start + chunk] = (a * b).sum(axis=1)
+        else:
+            out[start : start + chunk] = -np.linalg.norm(a - b, axis=1)
     return out
 
 
@@ -177,6 +184,16 @@ def bootstrap_weights(
     return drawn[:, labels[pairs.first[pairs.genuine]]].astype(np.float64)
 
 
+def score_summary(scores: np.ndarray) -> dict:
+    """Mean, standard deviation and quantiles (q01 ... q99) of comparison scores."""
+    quantiles = dict(zip(SUMMARY_QUANTILES, np.quantile(scores, SUMMARY_QUANTILES), strict=True))
+    return {
+        "mean": float(scores.mean()),
+        "sd": float(scores.std()),
+        **{f"q{round(q * 100):02d}": float(v) for q, v in quantiles.items()},
+    }
+
+
 def interval(values: np.ndarray) -> list[float]:
     return np.percentile(values, [2.5, 97.5]).tolist()
 
@@ -190,9 +207,16 @@ def comparison_curves(features: Features, pairs: Pairs, plan: EvaluationPlan) ->
     }
     weights = bootstrap_weights(features.identities, pairs, plan.bootstrap, plan.seed)
     for fr_name, embeddings in features.embeddings.items():
-        scores = comparison_scores(embeddings, pairs)
+        scores = comparison_scores(embeddings, pairs, features.metrics[fr_name])
         genuine, impostor = scores[pairs.genuine], scores[~pairs.genuine]
-        row = {"name": fr_name, "embedding_dim": int(embeddings.shape[1]), "at_fmr": []}
+        row = {
+            "name": fr_name,
+            "embedding_dim": int(embeddings.shape[1]),
+            "similarity": "cosine" if features.metrics[fr_name] == "cosine" else "-distance",
+            "genuine": score_summary(genuine),
+            "impostor": score_summary(impostor),
+            "at_fmr": [],
+        }
         for fmr in plan.fmrs:
             threshold = fmr_threshold(impostor, fmr)
             row["at_fmr"].append(

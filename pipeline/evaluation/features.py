@@ -21,7 +21,7 @@ from models.artifact import Artifact
 from pipeline.datasource import shard_rows
 from pipeline.decode import OK, DecodeOptions, decode_batch, to_model_input
 from pipeline.evaluation import methods
-from pipeline.evaluation.fr_models import FrModel, resize
+from pipeline.evaluation.fr_models import FrModel, Metric, resize
 from pipeline.formats import get_format
 from pipeline.storage import StorageOptions, filesystem
 
@@ -31,7 +31,8 @@ class Features:
     image_ids: list[str]
     identities: np.ndarray  # (N,) str
     quality: dict[str, np.ndarray]  # method -> (N,) float
-    embeddings: dict[str, np.ndarray]  # FR model -> (N, D) float32, L2-normalised
+    embeddings: dict[str, np.ndarray]  # FR model -> (N, D) float32, L2-normalised if cosine
+    metrics: dict[str, Metric]  # FR model -> how its embeddings are compared
     statuses: dict[str, int]  # every row read, by status
 
     def __len__(self) -> int:
@@ -113,15 +114,20 @@ class FeaturePass:
         quality = {k: np.concatenate(v).astype(np.float64) for k, v in self.quality.items()}
         if "random" in self.wanted:
             quality["random"] = np.random.default_rng(self.seed).random(len(self.ids))
+        metrics: dict[str, Metric] = {self.own_fr: "cosine"}
+        metrics.update((fr.name, fr.metric) for fr in self.fr_models)
         embeddings = {}
         for name, parts in self.embeddings.items():
             e = np.concatenate(parts).astype(np.float32)
-            embeddings[name] = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+            if metrics[name] == "cosine":
+                e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+            embeddings[name] = e
         return Features(
             self.ids,
             np.asarray(self.identities),
             quality,
             embeddings,
+            metrics,
             dict(sorted(statuses.items())),
         )
 

@@ -3,8 +3,9 @@
 Besides the evaluated model's own FR head: any artifact of our training job (typically one
 trained with another seed and loss, to show that the quality transfers to a model it was not
 trained with) and any ONNX FR model, with its input size, normalisation, colour order, layout
-and dtype given in its spec. Every model embeds the same decoded crops; the cosine of two
-embeddings is the comparison score.
+and dtype given in its spec; and `dlib`, dlib's pretrained ResNet descriptor (`dlib_fr`, an
+optional extra). Every model embeds the same decoded crops. The comparison score is the cosine
+of two embeddings, or for a model whose metric is Euclidean (dlib) the negative distance.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.artifact import load_artifact
 from pipeline.decode import DecodeOptions, to_model_input
+from pipeline.evaluation.dlib_fr import DlibFr
 from pipeline.storage import StorageOptions, filesystem, parse_uri
+
+DLIB = "dlib"  # the URI (and kind) of dlib's descriptor
+Metric = Literal["cosine", "euclidean"]
 
 
 class FrModelSpec(BaseModel):
@@ -27,10 +32,10 @@ class FrModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    uri: str = Field(description="artifact directory or .onnx file (local or s3://)")
+    uri: str = Field(description="artifact directory, .onnx file (local or s3://) or dlib")
     name: str | None = Field(None, description="label in results (default: the file name)")
-    kind: Literal["artifact", "onnx"] | None = Field(
-        None, description="default: onnx for a .onnx file, else artifact"
+    kind: Literal["artifact", "onnx", "dlib"] | None = Field(
+        None, description="default: dlib for the URI dlib, onnx for a .onnx file, else artifact"
     )
     # ONNX only; an artifact's own input spec is used for an artifact.
     size: int = Field(112, gt=0, description="input height = width")
@@ -45,7 +50,11 @@ class FrModelSpec(BaseModel):
 
     @property
     def resolved_kind(self) -> str:
-        return self.kind or ("onnx" if self.uri.endswith(".onnx") else "artifact")
+        if self.kind:
+            return self.kind
+        if self.uri == DLIB:
+            return DLIB
+        return "onnx" if self.uri.endswith(".onnx") else "artifact"
 
     @property
     def label(self) -> str:
@@ -54,6 +63,7 @@ class FrModelSpec(BaseModel):
 
 class FrModel(Protocol):
     name: str
+    metric: Metric
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (N, H, W, 3) RGB crops -> float32 (N, D) embeddings."""
@@ -68,6 +78,8 @@ def resize(pixels: np.ndarray, size: int) -> np.ndarray:
 
 
 class ArtifactFr:
+    metric: Metric = "cosine"
+
     def __init__(self, spec: FrModelSpec, storage: StorageOptions | None):
         fs, path = filesystem(spec.uri, storage)
         artifact = load_artifact(path, fs=fs)
@@ -82,6 +94,8 @@ class ArtifactFr:
 
 
 class OnnxFr:
+    metric: Metric = "cosine"
+
     def __init__(self, spec: FrModelSpec, storage: StorageOptions | None):
         try:
             import onnxruntime
@@ -111,5 +125,7 @@ class OnnxFr:
 
 
 def load_fr_model(spec: FrModelSpec, storage: StorageOptions | None = None) -> FrModel:
-    loader = OnnxFr if spec.resolved_kind == "onnx" else ArtifactFr
-    return loader(spec, storage)
+    kind = spec.resolved_kind
+    if kind == DLIB:
+        return DlibFr(spec.label)
+    return (OnnxFr if kind == "onnx" else ArtifactFr)(spec, storage)
