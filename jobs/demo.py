@@ -11,7 +11,6 @@ touched. It ends with a summary read from what the steps wrote.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import os
@@ -26,8 +25,9 @@ import ray.data
 from pydantic import Field
 
 from jobs.config import JobConfig, register_verb
-from pipeline.evaluation import PLOT_FILE, RESULT_FILE
+from pipeline.evaluation import PLOT_FILE, RESULT_FILE, dlib_fr
 from pipeline.evaluation.methods import BASELINES, VIT_FIQA
+from pipeline.face_check import packaged_photos
 
 MARKER = ".fiqa-demo"  # a folder holding it was made by the demo and may be replaced
 TABLE = "demo.manifest"
@@ -133,31 +133,47 @@ def run(config: DemoConfig) -> None:
         f"query --table {t} 'SELECT reason, count(*) AS images FROM clean GROUP BY reason "
         "ORDER BY images DESC'"
     )
-    fiqa(f"eval --model {d}/model --data {d}/eval --format wds --out {d}/eval-result")
+    # A real FR model, when installed, judges the quality besides the model's own FR head.
+    real_fr = "--fr-model dlib " if dlib_fr.installed() else ""
+    fiqa(f"eval --model {d}/model --data {d}/eval --format wds {real_fr}--out {d}/eval-result")
     fiqa(
         f"report --table {t} --selection clean --eval {d}/eval-result/{RESULT_FILE} "
         f"--out {d}/report"
     )
     faces = None
-    if importlib.util.find_spec("dlib") and importlib.util.find_spec("face_recognition_models"):
+    if dlib_fr.installed() and packaged_photos():
         faces = json.loads(fiqa(f"bench faces --model {d}/model", capture=True).splitlines()[-1])
     summarise(out, scored, faces, time.perf_counter() - start)
 
 
-def summarise(out: Path, scored: dict, faces: dict | None, seconds: float) -> None:
-    result = json.loads((out / "eval-result" / RESULT_FILE).read_text())
+def edc_line(result: dict, fr_model: str) -> str:
+    """ViT-FIQA's pAUC against the best image baseline's under one FR model, and whether the
+    bootstrap interval of the difference to every baseline lies above 0."""
     fmr = result["protocol"]["fmrs"][0]
     curves = {
-        c["method"]: c
-        for c in result["curves"]
-        if c["fr_model"] == result["fr_models"][0]["name"] and c["fmr"] == fmr
+        c["method"]: c for c in result["curves"] if c["fr_model"] == fr_model and c["fmr"] == fmr
     }
     ours = curves[VIT_FIQA]
-    best = min((curves[m] for m in BASELINES if m in curves), key=lambda c: c["pauc"])
+    baselines = [curves[m] for m in BASELINES if m in curves]
+    best = min(baselines, key=lambda c: c["pauc"])
     if abs(ours["pauc"] - best["pauc"]) < 5e-5:
         verdict = "tied (at four decimals)"
     else:
         verdict = "lower (better)" if ours["pauc"] < best["pauc"] else "NOT lower"
+    intervals = [c["pauc_minus_vit_fiqa_ci"] for c in baselines if "pauc_minus_vit_fiqa_ci" in c]
+    if intervals:
+        above = sum(low > 0 for low, _ in intervals)
+        verdict += f"; difference interval above 0 for {above} of {len(intervals)} baselines"
+    return (
+        f"{fr_model}: FNMR at FMR {fmr:g}, pAUC to discard {ours['pauc_discard_limit']:g}: "
+        f"ViT-FIQA {ours['pauc']:.4f}, best baseline {best['method']} {best['pauc']:.4f}: "
+        f"{verdict}"
+    )
+
+
+def summarise(out: Path, scored: dict, faces: dict | None, seconds: float) -> None:
+    result = json.loads((out / "eval-result" / RESULT_FILE).read_text())
+    edc = "\n            ".join(edc_line(result, fr["name"]) for fr in result["fr_models"])
     statuses = ", ".join(f"{k} {v}" for k, v in scored["statuses"].items())
     if faces is None:
         real = "skipped: needs the dlib extra (pip install '.[dlib]') and the packaged photos"
@@ -172,9 +188,7 @@ def summarise(out: Path, scored: dict, faces: dict | None, seconds: float) -> No
         f"\n== demo finished in {seconds / 60:.1f} min ==\n"
         f"scored      {scored['images']} images ({statuses}) at "
         f"{scored['images_per_s']:.0f} images/s (end to end, Ray start-up included)\n"
-        f"EDC         FNMR at FMR {fmr:g} with the model's own FR head, pAUC to discard "
-        f"{ours['pauc_discard_limit']:g}: ViT-FIQA {ours['pauc']:.4f}, best baseline "
-        f"{best['method']} {best['pauc']:.4f}: {verdict}\n"
+        f"EDC         {edc}\n"
         f"real faces  {real}\n"
         f"report      {out / 'report' / 'index.html'}\n"
         f"evaluation  {out / 'eval-result'} ({RESULT_FILE}, {PLOT_FILE}, ranking.md)\n"

@@ -308,6 +308,11 @@ def _check_names(names: Iterable[str]) -> None:
 
 # --- sampling -------------------------------------------------------------------------------
 
+# Shape traits spread this many times their adult anthropometric spreads (the sds written in
+# `sample_identity`): real faces also differ in fine detail that this renderer leaves out, and
+# at 1x dlib's FR model (docs/evaluation.md) finds too many look-alikes among our identities.
+_IDENTITY_SPREAD = 1.5
+
 
 def _normal(rng: np.random.Generator, sd: float, limit: float = 2.5) -> float:
     """A zero-mean normal draw clipped at `limit` standard deviations."""
@@ -331,9 +336,12 @@ def _pick(rng: np.random.Generator, options: tuple, weights) -> str:
 
 
 def sample_identity(rng: np.random.Generator) -> Identity:
-    """Draw one person. Shape numbers vary around 1 with spreads close to those of adult
-    anthropometry (a few to 10 % for lengths and widths); masculinity shifts the sexually
-    dimorphic ones, age deepens lines and folds."""
+    """Draw one person. Shape numbers vary around 1; each is written with a spread close to
+    adult anthropometry (a few to 10 % for lengths and widths), widened by `_IDENTITY_SPREAD`.
+    Masculinity shifts the sexually dimorphic ones, age deepens lines and folds."""
+    def trait(sd: float) -> float:
+        return _normal(rng, sd * _IDENTITY_SPREAD)
+
     masc = float(rng.uniform())
     age = float(rng.beta(1.3, 1.6))
     melanin = float(rng.beta(1.1, 1.3))
@@ -377,34 +385,34 @@ def sample_identity(rng: np.random.Generator) -> Identity:
     return Identity(
         masculinity=masc,
         age=age,
-        head_width=1 + _normal(rng, 0.06) + 0.06 * (masc - 0.5),
-        head_length=1 + _normal(rng, 0.06),
-        jaw_width=1 + _normal(rng, 0.10) + 0.15 * (masc - 0.5),
-        chin_width=1 + _normal(rng, 0.15) + 0.3 * (masc - 0.5),
-        chin_length=1 + _normal(rng, 0.08),
+        head_width=1 + trait(0.06) + 0.06 * (masc - 0.5),
+        head_length=1 + trait(0.06),
+        jaw_width=1 + trait(0.10) + 0.15 * (masc - 0.5),
+        chin_width=1 + trait(0.15) + 0.3 * (masc - 0.5),
+        chin_length=1 + trait(0.08),
         cheekbones=float(rng.uniform()),
         cheek_fullness=float(rng.uniform()),
-        brow_ridge=float(np.clip(masc + _normal(rng, 0.3), 0, 1)),
-        eye_spacing=1 + _normal(rng, 0.07),
-        eye_width=1 + _normal(rng, 0.11) - 0.1 * (masc - 0.5),
-        eye_height=1 + _normal(rng, 0.2) - 0.2 * (masc - 0.5),
-        eye_tilt=_normal(rng, 6.0),
-        eye_depth=_normal(rng, 0.9) + masc - 0.5,
-        brow_height=1 + _normal(rng, 0.15) - 0.2 * (masc - 0.5),
-        brow_thickness=1 + _normal(rng, 0.3) + 0.5 * (masc - 0.5),
+        brow_ridge=float(np.clip(masc + trait(0.3), 0, 1)),
+        eye_spacing=1 + trait(0.07),
+        eye_width=1 + trait(0.11) - 0.1 * (masc - 0.5),
+        eye_height=1 + trait(0.2) - 0.2 * (masc - 0.5),
+        eye_tilt=trait(6.0),
+        eye_depth=trait(0.9) + masc - 0.5,
+        brow_height=1 + trait(0.15) - 0.2 * (masc - 0.5),
+        brow_thickness=1 + trait(0.3) + 0.5 * (masc - 0.5),
         brow_arch=float(rng.uniform(0.1, 1.0)),
-        brow_length=1 + _normal(rng, 0.1),
-        brow_slope=_normal(rng, 2.5),
-        nose_length=1 + _normal(rng, 0.11) + 0.08 * (masc - 0.5),
-        nose_width=1 + _normal(rng, 0.18) + 0.2 * melanin,
-        nose_projection=1 + _normal(rng, 0.18) + 0.15 * (masc - 0.5),
-        nose_bridge=1 + _normal(rng, 0.22),
-        nose_tip=1 + _normal(rng, 0.18),
-        mouth_width=1 + _normal(rng, 0.08),
-        mouth_height=1 + _normal(rng, 0.08),
-        upper_lip=1 + _normal(rng, 0.3) + 0.3 * melanin - 0.3 * (masc - 0.5),
-        lower_lip=1 + _normal(rng, 0.3) + 0.3 * melanin - 0.3 * (masc - 0.5),
-        ear_size=1 + _normal(rng, 0.1),
+        brow_length=1 + trait(0.1),
+        brow_slope=trait(2.5),
+        nose_length=1 + trait(0.11) + 0.08 * (masc - 0.5),
+        nose_width=1 + trait(0.18) + 0.2 * melanin,
+        nose_projection=1 + trait(0.18) + 0.15 * (masc - 0.5),
+        nose_bridge=1 + trait(0.22),
+        nose_tip=1 + trait(0.18),
+        mouth_width=1 + trait(0.08),
+        mouth_height=1 + trait(0.08),
+        upper_lip=1 + trait(0.3) + 0.3 * melanin - 0.3 * (masc - 0.5),
+        lower_lip=1 + trait(0.3) + 0.3 * melanin - 0.3 * (masc - 0.5),
+        ear_size=1 + trait(0.1),
         ear_angle=float(rng.uniform()),
         skin_colour=skin_colour,
         skin_texture=float(rng.uniform(0.01, 0.045)),
@@ -456,7 +464,7 @@ def sample_variation(rng: np.random.Generator) -> Variation:
         eye_open=float(rng.uniform(0.25, 0.8)) if rng.random() < 0.1 else 1 + _normal(rng, 0.08),
         gaze=(_normal(rng, 0.1), _normal(rng, 0.07)),
         light_azimuth=float(rng.uniform(-75, 75)),
-        light_elevation=float(rng.uniform(-15, 60)),
+        light_elevation=float(rng.uniform(0, 55)),  # key light from above, as photos are lit
         light_colour=tuple(float(c) for c in light),
         light_intensity=float(rng.uniform(0.75, 1.25)),
         ambient=float(rng.uniform(0.2, 0.45)),

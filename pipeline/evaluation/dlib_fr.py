@@ -17,6 +17,8 @@ The chip reaches about ten pixels below a 112 crop, so crops are edge-padded fir
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 
 DISTANCE_THRESHOLD = 0.6  # dlib's match threshold on the Euclidean distance
@@ -24,6 +26,11 @@ DISTANCE_THRESHOLD = 0.6  # dlib's match threshold on the Euclidean distance
 # image-right eye outer and inner corner, image-left eye outer and inner corner, nose base.
 CHIP_LANDMARKS = np.array([[80, 53], [66, 53], [32, 53], [46, 53], [56, 82]])
 _PAD = 16
+
+
+def installed() -> bool:
+    """Whether the extra is installed (without importing it)."""
+    return all(importlib.util.find_spec(m) for m in ("dlib", "face_recognition_models"))
 
 
 def model_files() -> tuple[str, str]:

@@ -102,13 +102,16 @@ def test_unknown_split_is_refused():
 
 
 def test_landmarks_sit_on_the_template_for_frontal_faces():
+    residuals = []
     for index in range(12):
         identity, variation = frontal(index)
         points = synth.landmarks(identity, variation)
         assert points.shape == (5, 2)
-        # Faces differ in proportions, so a similarity fit leaves residuals, as with real
-        # faces (dlib's 68 landmarks of the packaged real photos leave 1 to 10 pixels).
-        assert np.abs(points - TEMPLATE).max() < 6.0, index
+        residuals.append(np.abs(points - TEMPLATE).max())
+    # Faces differ in proportions, so a similarity fit leaves residuals, as with real faces:
+    # dlib's 68 landmarks of the packaged real photos leave 1 to 10 pixels.
+    assert max(residuals) < 10.0
+    assert np.median(residuals) < 4.0
 
 
 def test_rendered_irises_are_centred_on_the_eye_landmarks():
