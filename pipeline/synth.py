@@ -339,6 +339,7 @@ def sample_identity(rng: np.random.Generator) -> Identity:
     """Draw one person. Shape numbers vary around 1; each is written with a spread close to
     adult anthropometry (a few to 10 % for lengths and widths), widened by `_IDENTITY_SPREAD`.
     Masculinity shifts the sexually dimorphic ones, age deepens lines and folds."""
+
     def trait(sd: float) -> float:
         return _normal(rng, sd * _IDENTITY_SPREAD)
 
