@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from jobs import (
@@ -31,6 +30,8 @@ from jobs.demo import DemoError
 from jobs.submit import SubmitError
 from models.artifact import ArtifactError
 from models.weights import WeightsError
+from pipeline.catalog import fiqa_home
+from pipeline.command_log import LOG_DIR, command_log
 from pipeline.evaluation import EvaluationError
 from pipeline.export import ExportError
 from pipeline.maintenance import MaintenanceError
@@ -87,7 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="ViT-FIQA face-image-quality scoring and curation on Ray.",
         epilog="run 'fiqa VERB --help' for a verb's flags and an example",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug logging, and Ray's and the other libraries' output on the terminal too "
+        "(it always goes to the command's log under FIQA_HOME/logs)",
+    )
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for verb in VERBS:
         verb.register(verbs)
@@ -96,15 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return args.func(args) or 0
-    except USER_ERRORS as e:
-        print(f"fiqa {args.verb}: error: {e}", file=sys.stderr)
-        return 2
+    with command_log(args.verb, args.verbose, fiqa_home() / LOG_DIR) as log:
+        try:
+            return args.func(args) or 0
+        except USER_ERRORS as e:
+            print(f"fiqa {args.verb}: error: {e}", file=sys.stderr)
+            log.announce(if_written=True)
+            return 2
+        except BaseException:
+            log.announce(if_written=True)
+            raise
 
 
 if __name__ == "__main__":

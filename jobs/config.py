@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+)
 
 from pipeline.catalog import CatalogConfig
 from pipeline.formats import FormatName
@@ -101,7 +108,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type[JobCo
         options: dict[str, Any] = {
             "dest": name,
             "default": argparse.SUPPRESS,
-            "help": f"{field.description or ''}{default}",
+            # argparse formats help with %: a literal one ("95% intervals") is doubled.
+            "help": f"{field.description or ''}{default}".replace("%", "%%"),
         }
         annotation = _unwrap_optional(field.annotation)
         if annotation is bool:
@@ -167,6 +175,45 @@ def check_preset(name: str) -> str:
 
 
 PresetName = typing.Annotated[str, AfterValidator(check_preset)]
+
+
+# How train, score and eval use GPUs: `auto` uses what is there (one GPU for each worker,
+# scorer actor or evaluating process when the cluster has GPUs, none otherwise); a number
+# is the GPUs each one gets (0: CPU only; a fraction shares a GPU).
+def check_gpus(value: Any) -> str | float:
+    if value == "auto":
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected auto or a number of GPUs, got {value!r}") from None
+    if number < 0:
+        raise ValueError(f"expected auto or a number of GPUs >= 0, got {value!r}")
+    return number
+
+
+Gpus = typing.Annotated[str | float, PlainValidator(check_gpus)]
+
+
+def check_count(value: Any) -> str | int:
+    if value == "auto":
+        return value
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1 or number != float(value):
+        raise ValueError(f"expected auto or a whole number >= 1, got {value!r}")
+    return number
+
+
+# A number of workers: `auto` (from the cluster) or a whole number.
+AutoCount = typing.Annotated[str | int, PlainValidator(check_count)]
+
+
+def gpus_or_none(value: Gpus) -> float | None:
+    """A `Gpus` setting as the pipeline takes it: None for auto."""
+    return None if value == "auto" else float(value)
 
 
 def register_verb(

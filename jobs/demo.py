@@ -20,11 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-import ray
-import ray.data
 from pydantic import Field
 
 from jobs.config import JobConfig, register_verb
+from pipeline import command_log
+from pipeline.command_log import LOG_DIR
 from pipeline.evaluation import PLOT_FILE, RESULT_FILE, dlib_fr
 from pipeline.evaluation.methods import BASELINES, VIT_FIQA
 from pipeline.face_check import packaged_photos
@@ -46,14 +46,19 @@ class DemoConfig(JobConfig):
 
 
 class _Tee(io.TextIOBase):
-    """Prints through while keeping a copy, so a step's --json summary can be read back."""
+    """Prints through, line by line, while keeping a copy, so that a step's JSON summary can
+    be read back; the JSON line itself, meant for programs, is not printed."""
 
     def __init__(self, stream):
-        self.stream, self.copy = stream, io.StringIO()
+        self.stream, self.copy, self.line = stream, io.StringIO(), ""
 
     def write(self, text: str) -> int:
-        self.stream.write(text)
-        return self.copy.write(text)
+        self.copy.write(text)
+        *done, self.line = (self.line + text).split("\n")
+        for line in done:
+            if not line.startswith("{"):
+                self.stream.write(line + "\n")
+        return len(text)
 
     def flush(self) -> None:
         self.stream.flush()
@@ -67,10 +72,6 @@ def fiqa(command: str, capture: bool = False) -> str:
     tee = _Tee(sys.stdout)
     with contextlib.redirect_stdout(tee) if capture else contextlib.nullcontext():
         code = main(shlex.split(command))
-    # As if each command ran on its own: otherwise Ray keeps relaying a finished command's
-    # worker output (training's, above all) into the next command's.
-    if ray.is_initialized():
-        ray.shutdown()
     if code:
         verb = command.split()[0]
         raise DemoError(f"'fiqa {verb}' failed (exit code {code}); see its message above")
@@ -91,9 +92,9 @@ def run(config: DemoConfig) -> None:
     out = Path(config.out).absolute()
     prepare(out)
     os.environ["FIQA_HOME"] = str(out / "fiqa-home")  # the demo's own catalog and warehouse
-    # Ray Data's per-operator bars, relayed from worker processes, stay open in this process
-    # and redraw over later commands' output; each command still prints its own progress.
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    log = command_log.current()
+    if log is not None:
+        log.move_to(out / "fiqa-home" / LOG_DIR)
     ids, per_id, epochs, eval_ids, eval_per_id = SIZES["quick" if config.quick else "full"]
     d, t = shlex.quote(str(out)), TABLE
 
@@ -187,7 +188,8 @@ def summarise(out: Path, scored: dict, faces: dict | None, seconds: float) -> No
     print(
         f"\n== demo finished in {seconds / 60:.1f} min ==\n"
         f"scored      {scored['images']} images ({statuses}) at "
-        f"{scored['images_per_s']:.0f} images/s (end to end, Ray start-up included)\n"
+        f"{scored['images_per_s']:.0f} images/s (end to end: actor start-up and commits "
+        "included)\n"
         f"EDC         {edc}\n"
         f"real faces  {real}\n"
         f"report      {out / 'report' / 'index.html'}\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from jobs.config import DataConfig, register_verb
+from jobs.config import DataConfig, Gpus, gpus_or_none, register_verb
 from pipeline.evaluation import EvaluationPlan, FrModelSpec, SerFiq, evaluate, write_outputs
 from pipeline.evaluation.methods import METHODS
 
@@ -32,6 +32,9 @@ class EvalConfig(DataConfig):
     ser_fiq_passes: int = Field(100, ge=2, description="SER-FIQ dropout passes (T)")
     ser_fiq_dropout: float = Field(0.5, gt=0, lt=1, description="SER-FIQ dropout rate")
     batch_size: int = Field(128, gt=0, description="images per model call")
+    gpus: Gpus = Field(
+        "auto", description="the GPU this process uses: auto (one when torch sees one), 0 or 1"
+    )
     seed: int = Field(0, description="seed of pair sampling, random quality and dropout")
 
     @field_validator("fr_models", mode="before")
@@ -71,6 +74,7 @@ class EvalConfig(DataConfig):
             ser_fiq=SerFiq(self.ser_fiq_passes, self.ser_fiq_dropout),
             seed=self.seed,
             batch_size=self.batch_size,
+            gpus=gpus_or_none(self.gpus),
         )
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-import ray
 from pydantic import Field
 
 from jobs.config import DataConfig, JsonSummary, register_verb
+from pipeline.cluster import connect
 from pipeline.inspection import inspect_dataset
 
 
@@ -16,7 +16,7 @@ class InspectConfig(DataConfig, JsonSummary):
 
 
 def run(config: InspectConfig) -> None:
-    ray.init(ignore_reinit_error=True, log_to_driver=False)
+    connect()
     summary = inspect_dataset(
         config.format,
         config.data,

@@ -8,7 +8,15 @@ import posixpath
 
 from pydantic import Field, field_validator
 
-from jobs.config import DataConfig, JobConfig, JsonSummary, TableConfig, register_verb
+from jobs.config import (
+    DataConfig,
+    Gpus,
+    JobConfig,
+    JsonSummary,
+    TableConfig,
+    gpus_or_none,
+    register_verb,
+)
 from pipeline.scoring import ScoringPlan, score
 from pipeline.storage import parse_uri
 
@@ -35,8 +43,8 @@ class ScorerSettings(JobConfig):
         description="CPUs reserved per scorer actor (default: 1 per GPU actor, "
         "a quarter CPU per torch thread of a CPU actor)",
     )
-    gpus_per_actor: float | None = Field(
-        None, ge=0, description="GPUs per scorer actor (default: 1 when the cluster has GPUs)"
+    gpus: Gpus = Field(
+        "auto", description="GPUs per scorer actor: auto (1 when the cluster has GPUs, else 0) or N"
     )
     threads_per_actor: int | None = Field(
         None, ge=1, description="torch threads per CPU actor (default: the cores shared out)"
@@ -68,7 +76,7 @@ class ScorerSettings(JobConfig):
             write_batch_size=self.write_batch_size,
             actors=None if self.actors == "auto" else (int(low), int(high or low)),
             cpus_per_actor=self.cpus_per_actor,
-            gpus_per_actor=self.gpus_per_actor,
+            gpus_per_actor=gpus_or_none(self.gpus),
             threads_per_actor=self.threads_per_actor,
             commit_every=self.commit_every,
             commit_interval=self.commit_interval,

@@ -8,11 +8,12 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from jobs.config import PresetName, StorageConfig, register_verb
+from jobs.config import AutoCount, Gpus, PresetName, StorageConfig, gpus_or_none, register_verb
 from models.presets import Mode
 from pipeline.augment import AUGMENTATIONS, check_augmentations
 from pipeline.formats import FormatName
 from pipeline.training import DataSpec, TrainSpec, fit
+from pipeline.verification import FMR
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,16 @@ class TrainConfig(StorageConfig):
         list(AUGMENTATIONS), description=f"of {', '.join(AUGMENTATIONS)}; 'none' for none"
     )
     shuffle_buffer: int = Field(4096, ge=0, description="rows in each worker's shuffle buffer")
-    num_workers: int = Field(
-        1, gt=0, description="Ray Train workers (each holds a slice of the class centres)"
+    num_workers: AutoCount = Field(
+        "auto",
+        description="Ray Train workers, each holding a slice of the class centres: auto (one "
+        "per GPU of the cluster, else 1) or N",
     )
-    use_gpu: bool = Field(False, description="one GPU per worker (nccl, bf16 autocast)")
+    gpus: Gpus = Field(
+        "auto",
+        description="GPUs per worker (nccl, bf16 autocast): auto (1 when the cluster has GPUs, "
+        "else 0) or N",
+    )
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker")
     storage_path: str = Field("runs", description="checkpoints and run state (local or s3://)")
     run_name: str | None = Field(
@@ -71,7 +78,7 @@ class TrainConfig(StorageConfig):
 
     @model_validator(mode="after")
     def consistent(self):
-        if self.batch_size % self.num_workers:
+        if self.num_workers != "auto" and self.batch_size % self.num_workers:
             raise ValueError(
                 f"batch_size {self.batch_size} is not divisible by num_workers {self.num_workers}"
             )
@@ -101,8 +108,8 @@ class TrainConfig(StorageConfig):
             clip_grad_norm=self.clip_grad_norm,
             augmentations=tuple(self.augment),
             shuffle_buffer=self.shuffle_buffer,
-            num_workers=self.num_workers,
-            use_gpu=self.use_gpu,
+            num_workers=None if self.num_workers == "auto" else self.num_workers,
+            gpus_per_worker=gpus_or_none(self.gpus),
             cpus_per_worker=self.cpus_per_worker,
             storage_path=self.storage_path,
             run_name=self.run_name or time.strftime("fiqa-train-%Y%m%d-%H%M%S"),
@@ -115,19 +122,33 @@ class TrainConfig(StorageConfig):
 
 
 def run(config: TrainConfig) -> None:
-    import ray
-
     spec = config.spec()
-    if not ray.is_initialized():
-        ray.init()  # RAY_ADDRESS, if set, joins a cluster
     print(f"run {spec.run_name} (rerun with --run-name {spec.run_name} to resume)")
     result = fit(spec)
-    last = result.summary["trained"]["epochs"][-1]
-    print(
-        "final: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if isinstance(v, float | int))
-    )
+    print(summary_table(result.summary["trained"]["epochs"][-1]))
     print(f"checkpoints: {result.run_path}")
     print(f"artifact: {result.out} (model_id {result.model_id})")
+
+
+# (metric, label) of the final summary, in order; a metric the run did not measure is left out.
+SUMMARY_ROWS = (
+    ("loss", "loss"),
+    ("ce", "  margin softmax (CE)"),
+    ("quality_loss", "  quality regression"),
+    ("accuracy", "training accuracy"),
+    ("holdout_spearman", "held-out Spearman(quality, CR)"),
+    ("verification_accuracy", "verification accuracy (eval data)"),
+    ("tar_at_fmr", f"TAR at FMR {FMR:g} (eval data)"),
+)
+
+
+def summary_table(last: dict[str, float]) -> str:
+    """The last epoch's loss parts and held-out metrics, one per line."""
+    rows = [(label, last[key]) for key, label in SUMMARY_ROWS if key in last]
+    width = max(len(label) for label, _ in rows)
+    lines = [f"after epoch {last['epoch']}, step {last['step']}:"]
+    lines += [f"  {label:<{width}}  {value:8.4f}" for label, value in rows]
+    return "\n".join(lines)
 
 
 def register(subparsers) -> None:

@@ -24,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from models.vit_fiqa import ViTFIQA
 from pipeline import decode
 from pipeline.catalog import CatalogConfig
+from pipeline.cluster import connect
 
 if TYPE_CHECKING:
     from pipeline.scoring import ScoringPlan
@@ -447,7 +448,6 @@ def bench_train(
 
     The data: WebDataset samples cycling through 1,000 synthetic faces of 50 identities, one
     Ray epoch's worth ((steps + 1) x batch); training cost does not depend on the pixels."""
-    import ray
 
     from models.vit_fiqa import create_model
     from pipeline.augment import augment
@@ -494,8 +494,7 @@ def bench_train(
     log(f"bare loop: {bare:.1f} training images/s ({torch.get_num_threads()} torch threads)")
 
     cores = os.cpu_count() or 1
-    if not ray.is_initialized():
-        ray.init(num_cpus=2 * cores)  # the extra logical CPUs run Ray Data's decode tasks
+    connect(num_cpus=2 * cores)  # the extra logical CPUs run Ray Data's decode tasks
     results = {"bare_images_per_s": round(bare, 1)}
     for n in workers:
         spec = TrainSpec(

@@ -19,6 +19,7 @@ import ray
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from pipeline.cluster import connect
 from pipeline.formats import get_format
 from pipeline.formats.base import OK, SAMPLE_SCHEMA, Shard, ShardError, read_error, wanted_of
 from pipeline.storage import StorageOptions, filesystem
@@ -144,6 +145,7 @@ class ShardDatasource(Datasource):
 
 def read_shards(source: ShardDatasource) -> ray.data.Dataset:
     """A Ray dataset of sample rows (DESIGN.md's contract) from `source`."""
+    connect()
     # One block stream per shard: Ray would otherwise split small shards into many tiny
     # blocks to reach its default parallelism, which only adds scheduling overhead.
     return ray.data.read_datasource(source, override_num_blocks=max(1, len(source.shards)))

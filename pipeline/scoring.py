@@ -23,7 +23,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from models.artifact import CONFIG_FILE, ArtifactError, InputSpec, load_artifact
 from pipeline.catalog import CatalogConfig, open_catalog
+from pipeline.cluster import connect
 from pipeline.datafiles import FileLayout, append_files
 from pipeline.datasource import END_FIELD, ShardDatasource, read_shards
 from pipeline.decode import OK, DecodeOptions, decode_pixels, to_model_input
@@ -179,6 +180,12 @@ class ScorerPool:
     cpus: float
     gpus: float
     threads: int | None  # torch threads of a CPU actor
+
+    def for_shards(self, shards: int) -> ScorerPool:
+        """No more actors than `shards`: each shard is one input block of the stream, so
+        more actors would never get work (and Ray Data warns of them)."""
+        low, high = self.actors
+        return replace(self, actors=(min(low, shards), min(high, shards)))
 
     def __str__(self) -> str:
         low, high = self.actors
@@ -405,9 +412,8 @@ def score(plan: ScoringPlan, on_commit: Callable[[str], None] = print) -> Scorin
         f"{plan.table} for model {model_id}, {len(todo)} to score"
     )
     if todo:
-        if not ray.is_initialized():
-            ray.init()
-        pool = scorer_pool(plan, ray.cluster_resources())
+        connect()
+        pool = scorer_pool(plan, ray.cluster_resources()).for_shards(len(todo))
         summary.scorers = str(pool)
         on_commit(f"scoring with {pool}")
         stream(plan, pool, todo, summary, table, options, on_commit)

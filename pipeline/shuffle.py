@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from pipeline.cluster import connect
 from pipeline.storage import StorageOptions, arrow_filesystem, filesystem
 
 ROWS_PER_MAP = 1_000_000  # rows one map task reads and scatters
@@ -113,8 +114,7 @@ def run_tasks(
     if len(calls) == 1:
         combine(function(*calls[0], *shared))
         return
-    if not ray.is_initialized():
-        ray.init()  # RAY_ADDRESS, if set, joins a cluster
+    connect()
     remote = ray.remote(num_cpus=1, max_retries=3)(function)
     stored = [ray.put(value) for value in shared]
     # Tasks are submitted as others finish, so that a million of them are never all queued.

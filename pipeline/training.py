@@ -23,10 +23,12 @@ import math
 import os
 import random
 import tempfile
+import threading
 import time
 import zlib
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 from typing import Any
 
@@ -38,6 +40,7 @@ import ray.train.torch
 import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.util.queue import Empty, Queue
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
@@ -47,6 +50,7 @@ from models.presets import get_preset
 from models.vit_fiqa import ViTFIQA
 from pipeline.augment import augment
 from pipeline.class_shard import ClassShard, slice_state, sum_gradients
+from pipeline.cluster import connect
 from pipeline.datasource import read_samples
 from pipeline.decode import OK, DecodeOptions, decode_batch, to_model_input
 from pipeline.formats import get_format
@@ -120,8 +124,8 @@ class TrainSpec:
     clip_grad_norm: float = 5.0
     augmentations: tuple[str, ...] = ()
     shuffle_buffer: int = 4096
-    num_workers: int = 1
-    use_gpu: bool = False
+    num_workers: int | None = None  # None: one per GPU of the cluster, else 1 (`scaled`)
+    gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else 0
     cpus_per_worker: float = 1.0
     storage_path: str = "runs"
     run_name: str = "fiqa-train"
@@ -171,9 +175,20 @@ def summarise(ds: ray.data.Dataset, holdout_fraction: float) -> DataSummary:
 
 
 def prepare_batch(
-    batch: dict[str, np.ndarray], classes: dict[str, int], options: DecodeOptions
+    batch: dict[str, np.ndarray],
+    classes: dict[str, int],
+    options: DecodeOptions,
+    holdout: bool | None,
+    fraction: float,
 ) -> dict[str, np.ndarray]:
-    """Ray Data UDF: decode, and keep only what the loop needs (pixels, label, ok)."""
+    """Ray Data UDF: the batch's readable, labelled rows of the wanted split (`holdout`:
+    only held-out rows, only the others, or None: all), decoded, with only what the loop
+    needs (pixels, label, ok). Rows are chosen before decoding, which is the costly part."""
+    wanted = (batch["status"] == OK) & np.array([i is not None for i in batch["identity"]])
+    if holdout is not None:
+        split = np.array([is_holdout(i, fraction) for i in batch["image_id"]], dtype=bool)
+        wanted &= split == holdout
+    batch = {name: column[wanted] for name, column in batch.items()}
     decoded = decode_batch(batch, options)
     labels = np.array([classes.get(i, -1) for i in batch["identity"]], dtype=np.int64)
     ok = (decoded["status"] == OK) & (labels >= 0)
@@ -184,16 +199,15 @@ def labelled(
     ds: ray.data.Dataset, classes: dict[str, int], holdout: bool | None, fraction: float
 ) -> ray.data.Dataset:
     """Rows of readable images (of the wanted split), decoded and labelled."""
-
-    def keep(row: dict) -> bool:
-        if row["status"] != OK or row["identity"] is None:
-            return False
-        return holdout is None or is_holdout(row["image_id"], fraction) == holdout
-
-    return ds.filter(keep).map_batches(
+    return ds.map_batches(
         prepare_batch,
         batch_format="numpy",
-        fn_kwargs={"classes": classes, "options": DecodeOptions()},
+        fn_kwargs={
+            "classes": classes,
+            "options": DecodeOptions(),
+            "holdout": holdout,
+            "fraction": fraction,
+        },
     )
 
 
@@ -321,6 +335,7 @@ def train_loop(config: dict[str, Any]) -> None:
     spec: TrainSpec = config["spec"]
     steps_per_epoch: int = config["steps_per_epoch"]
     fault: tuple[int, str] | None = config["fault"]
+    progress: Queue = config["progress"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -368,10 +383,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 if state["workers"] != world
                 else ""
             )
-            print(
-                f"resumed from step {step} (epoch {step // steps_per_epoch}){resliced}",
-                flush=True,
-            )
+            progress.put(f"resumed from step {step} (epoch {step // steps_per_epoch}){resliced}")
 
     ddp = ray.train.torch.prepare_model(model, move_to_device=False)
     if world > 1:
@@ -464,7 +476,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 batches = ray.train.get_dataset_shard("eval").iter_torch_batches(batch_size=256)
                 metrics.update(eval_metrics(model, batches, device, autocast, spec.seed))
             history.append(metrics)
-            print(format_epoch(metrics, spec.epochs), flush=True)
+            progress.put(format_epoch(metrics, spec.epochs))
         report(metrics)
 
 
@@ -537,14 +549,73 @@ def run_config(spec: TrainSpec) -> RunConfig:
     )
 
 
-def fit(spec: TrainSpec) -> TrainResult:
-    """Run (or resume) training and write the artifact to `spec.out`."""
+def scaled(spec: TrainSpec, resources: dict[str, float]) -> TrainSpec:
+    """`spec` with its automatic scaling settled for a cluster of `resources`: one worker per
+    GPU, each with one GPU, when there are GPUs; else one CPU worker."""
+    gpus = resources.get("GPU", 0)
+    per_worker = spec.gpus_per_worker
+    if per_worker is None:
+        per_worker = 1.0 if gpus >= 1 else 0.0
+    workers = spec.num_workers
+    if workers is None:
+        workers = max(1, int(gpus // per_worker)) if per_worker else 1
+    if spec.batch_size % workers:
+        raise TrainingError(
+            f"batch_size {spec.batch_size} is not divisible by {workers} workers: "
+            "give --batch-size or --num-workers"
+        )
+    return replace(spec, num_workers=workers, gpus_per_worker=per_worker)
+
+
+def fitted_batch(spec: TrainSpec, train_rows: int) -> TrainSpec:
+    """`spec` with a global batch no larger than the `train_rows` training images (rounded
+    down to a multiple of the workers), said once as a warning."""
+    if not spec.num_workers <= train_rows < spec.batch_size:
+        return spec
+    batch = train_rows - train_rows % spec.num_workers
+    log.warning(
+        "the global batch of %d is larger than the %d training images: training with "
+        "batches of %d (--batch-size sets it)",
+        spec.batch_size,
+        train_rows,
+        batch,
+    )
+    return replace(spec, batch_size=batch)
+
+
+@contextlib.contextmanager
+def relayed(queue: Queue, say: Callable[[str], None]) -> Iterator[None]:
+    """Hands the lines rank 0 puts on `queue` to `say` while the run lasts: the workers'
+    one channel to the terminal (Ray's relay of their output is off under a command log)."""
+    done = threading.Event()
+
+    def pump() -> None:
+        while not (done.is_set() and queue.empty()):
+            with contextlib.suppress(Empty):
+                say(queue.get(timeout=0.5))
+
+    thread = threading.Thread(target=pump, name="training-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        queue.shutdown()
+
+
+def fit(spec: TrainSpec, say: Callable[[str], None] = print) -> TrainResult:
+    """Run (or resume) training and write the artifact to `spec.out`; `say` gets one line
+    per epoch (and one on resuming)."""
     started = time.time()
     check_init(spec)
+    connect()
+    spec = scaled(spec, ray.cluster_resources())
     train_ds = spec.train.read(shuffle_seed=spec.seed)
     data = summarise(train_ds, spec.holdout_fraction)
     if not data.identities:
         raise TrainingError(f"{', '.join(spec.train.uris)}: no readable labelled images")
+    spec = fitted_batch(spec, data.train_rows)
     steps_per_epoch = (data.train_rows // spec.num_workers) // (spec.batch_size // spec.num_workers)
     if steps_per_epoch == 0:
         raise TrainingError(
@@ -575,6 +646,7 @@ def fit(spec: TrainSpec) -> TrainResult:
         eval_classes = {identity: i for i, identity in enumerate(eval_identities)}
         datasets["eval"] = labelled(eval_ds, eval_classes, None, 0.0)
 
+    progress = Queue(actor_options={"num_cpus": 0})  # rank 0's lines for the terminal
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
@@ -583,22 +655,24 @@ def fit(spec: TrainSpec) -> TrainResult:
             "num_classes": len(classes),
             "fault": fault_injection(),
             "evaluate": sorted(set(datasets) - {"train"}),
+            "progress": progress,
         },
         scaling_config=ScalingConfig(
             num_workers=spec.num_workers,
-            use_gpu=spec.use_gpu,
+            use_gpu=bool(spec.gpus_per_worker),
             resources_per_worker={
                 "CPU": spec.cpus_per_worker,
-                **({"GPU": 1} if spec.use_gpu else {}),
+                **({"GPU": spec.gpus_per_worker} if spec.gpus_per_worker else {}),
             },
         ),
-        torch_config=TorchConfig(backend="nccl" if spec.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if spec.gpus_per_worker else "gloo"),
         run_config=run_config(spec),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train", "holdout"]),
     )
     try:
-        result = trainer.fit()
+        with relayed(progress, say):
+            result = trainer.fit()
     except ray.train.TrainingFailedError as e:
         raise TrainingError(
             f"training run {spec.run_name} failed (rerun with the same run name to resume "

@@ -58,6 +58,16 @@ class EvaluationPlan:
     ser_fiq: SerFiq = field(default_factory=SerFiq)
     seed: int = 0
     batch_size: int = 128
+    gpus: float | None = None  # None: a GPU when torch sees one; 0: the CPU
+
+    def device(self) -> str:
+        """Where the models run: this process's GPU or its CPU."""
+        available = torch.cuda.is_available()
+        if self.gpus is None:
+            return "cuda" if available else "cpu"
+        if self.gpus and not available:
+            raise EvaluationError(f"gpus {self.gpus:g} asks for a GPU, and torch sees none")
+        return "cuda" if self.gpus else "cpu"
 
     def wanted_methods(self) -> list[str]:
         if self.methods is None:
@@ -75,6 +85,7 @@ class EvaluationPlan:
 
 def evaluate(plan: EvaluationPlan) -> dict:
     wanted = plan.wanted_methods()
+    device = plan.device()
     fs, path = filesystem(plan.model, plan.storage)
     artifact = load_artifact(path, fs=fs)
     if artifact.model.config.mode != "token":
@@ -91,11 +102,13 @@ def evaluate(plan: EvaluationPlan) -> dict:
                 f"{plan.crfiqa_model} is a {crfiqa.model.config.mode}-mode model, not crfiqa"
             )
     own_fr = f"own FR head ({artifact.model_id[:12]})"
-    fr_models = [load_fr_model(spec, plan.storage) for spec in plan.fr_models]
+    fr_models = [load_fr_model(spec, plan.storage, device) for spec in plan.fr_models]
     names = [own_fr, *(fr.name for fr in fr_models)]
     if len(set(names)) != len(names):
         raise EvaluationError(f"FR model names must differ: {', '.join(names)}")
-    feature_pass = FeaturePass(artifact, own_fr, wanted, fr_models, crfiqa, plan.ser_fiq, plan.seed)
+    feature_pass = FeaturePass(
+        artifact, own_fr, wanted, fr_models, crfiqa, plan.ser_fiq, plan.seed, torch.device(device)
+    )
     try:
         features = compute_features(
             feature_pass,

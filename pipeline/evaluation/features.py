@@ -58,33 +58,38 @@ class FeaturePass:
         crfiqa: Artifact | None,
         ser_fiq: SerFiq,
         seed: int,
+        device: torch.device,
     ):
-        self.model = artifact.model.eval()
+        self.device = device
+        self.model = artifact.model.eval().to(device)
         self.options = DecodeOptions.from_input_spec(artifact.input)
         self.own_fr, self.wanted, self.fr_models = own_fr, set(wanted), fr_models
         self.crfiqa = crfiqa
         if crfiqa is not None:
-            crfiqa.model.eval()
+            crfiqa.model.eval().to(device)
             self.crfiqa_options = DecodeOptions.from_input_spec(crfiqa.input)
         self.ser_fiq, self.seed = ser_fiq, seed
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
         self.ids: list[str] = []
         self.identities: list[str] = []
         self.quality: dict[str, list[np.ndarray]] = {}
         self.embeddings: dict[str, list[np.ndarray]] = {}
 
     def _add(self, store: dict[str, list[np.ndarray]], name: str, values) -> None:
+        if isinstance(values, torch.Tensor):
+            values = values.float().cpu().numpy()
         store.setdefault(name, []).append(np.asarray(values))
 
     @torch.inference_mode()
     def add(self, rows: list[dict], pixels: np.ndarray) -> None:
         model = self.model
         # ViTFIQA.forward of a token-mode model, opened up: SER-FIQ needs the FR head's input.
-        tokens = model.forward_tokens(to_model_input(pixels, self.options))
+        on_device = torch.as_tensor(pixels).to(self.device)
+        tokens = model.forward_tokens(to_model_input(on_device, self.options))
         fr_input = tokens[:, 1:].flatten(1)
         embedding = model.feature(fr_input)
-        self._add(self.quality, methods.VIT_FIQA, model.head_qs(tokens[:, 0]).squeeze(1).float())
-        self._add(self.embeddings, self.own_fr, embedding.float())
+        self._add(self.quality, methods.VIT_FIQA, model.head_qs(tokens[:, 0]).squeeze(1))
+        self._add(self.embeddings, self.own_fr, embedding)
         if "embedding-norm" in self.wanted:
             self._add(self.quality, "embedding-norm", embedding.float().norm(dim=1))
         if "ser-fiq" in self.wanted:
@@ -101,8 +106,9 @@ class FeaturePass:
             if name in self.wanted:
                 self._add(self.quality, name, measure(y))
         if self.crfiqa is not None:
-            x = to_model_input(resize(pixels, self.crfiqa_options.size), self.crfiqa_options)
-            self._add(self.quality, methods.CRFIQA, self.crfiqa.model(x)[1].float())
+            resized = torch.as_tensor(resize(pixels, self.crfiqa_options.size)).to(self.device)
+            x = to_model_input(resized, self.crfiqa_options)
+            self._add(self.quality, methods.CRFIQA, self.crfiqa.model(x)[1])
         for fr in self.fr_models:
             self._add(self.embeddings, fr.name, fr.embed(pixels))
         self.ids.extend(r["image_id"] for r in rows)

@@ -80,17 +80,18 @@ def resize(pixels: np.ndarray, size: int) -> np.ndarray:
 class ArtifactFr:
     metric: Metric = "cosine"
 
-    def __init__(self, spec: FrModelSpec, storage: StorageOptions | None):
+    def __init__(self, spec: FrModelSpec, storage: StorageOptions | None, device: torch.device):
         fs, path = filesystem(spec.uri, storage)
         artifact = load_artifact(path, fs=fs)
         self.name = spec.name or f"{spec.label} ({artifact.model_id[:12]})"
-        self.model = artifact.model.eval()
+        self.device = device
+        self.model = artifact.model.eval().to(device)
         self.options = DecodeOptions.from_input_spec(artifact.input)
 
     @torch.inference_mode()
     def embed(self, pixels: np.ndarray) -> np.ndarray:
-        x = to_model_input(resize(pixels, self.options.size), self.options)
-        return self.model(x)[0].float().numpy()
+        resized = torch.as_tensor(resize(pixels, self.options.size)).to(self.device)
+        return self.model(to_model_input(resized, self.options))[0].float().cpu().numpy()
 
 
 class OnnxFr:
@@ -124,8 +125,13 @@ class OnnxFr:
         return np.asarray(outputs[s.output], dtype=np.float32)
 
 
-def load_fr_model(spec: FrModelSpec, storage: StorageOptions | None = None) -> FrModel:
+def load_fr_model(
+    spec: FrModelSpec, storage: StorageOptions | None = None, device: str = "cpu"
+) -> FrModel:
+    """The FR model `spec` names; an artifact runs on `device`, ONNX and dlib on the CPU."""
     kind = spec.resolved_kind
     if kind == DLIB:
         return DlibFr(spec.label)
-    return (OnnxFr if kind == "onnx" else ArtifactFr)(spec, storage)
+    if kind == "onnx":
+        return OnnxFr(spec, storage)
+    return ArtifactFr(spec, storage, torch.device(device))

@@ -70,9 +70,10 @@ def ser_fiq(
     project, norm_1, embed, norm_2 = model.feature
     hidden = norm_1(project(fr_input))  # (B, D)
     batch, dim = hidden.shape
-    keep = torch.empty(passes, batch, dim).bernoulli_(1 - dropout, generator=generator)
+    keep = torch.empty(passes, batch, dim, device=hidden.device)
+    keep.bernoulli_(1 - dropout, generator=generator)
     samples = norm_2(embed((hidden * keep / (1 - dropout)).reshape(passes * batch, dim)))
     samples = F.normalize(samples.reshape(passes, batch, -1).transpose(0, 1), dim=2)
     distances = torch.cdist(samples, samples)  # (B, T, T)
     mean_distance = distances.sum(dim=(1, 2)) / (passes * (passes - 1))
-    return (2 / (1 + torch.exp(mean_distance))).numpy()
+    return (2 / (1 + torch.exp(mean_distance))).cpu().numpy()

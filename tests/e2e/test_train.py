@@ -87,6 +87,8 @@ def test_train_from_s3_to_s3_with_two_workers(s3_bucket, tmp_path):
         (["--preset", "vit-huge"], "preset (--preset)"),
         (["--epochs", "0"], "epochs (--epochs)"),
         (["--seed", "-1"], "seed (--seed)"),
+        (["--num-workers", "0"], "num_workers (--num-workers)"),
+        (["--gpus", "-1"], "gpus (--gpus)"),
     ],
 )
 def test_bad_configs_are_refused_before_any_ray_work(flags, field, capsys, monkeypatch):

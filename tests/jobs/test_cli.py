@@ -1,5 +1,7 @@
+import argparse
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -18,6 +20,19 @@ def fiqa(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, timeout=300
     )
+
+
+def subcommands(parser: argparse.ArgumentParser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            yield from action.choices.items()
+
+
+def test_every_verb_explains_itself():
+    for name, verb in subcommands(build_parser()):
+        for leaf, parser in dict(subcommands(verb)).items() or [(name, verb)]:
+            # Formatting the help formats every flag's help too.
+            assert re.search(r"^examples?:$", parser.format_help(), re.MULTILINE), leaf
 
 
 def test_help_lists_the_verbs_and_each_verb_has_an_example():

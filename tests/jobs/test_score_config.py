@@ -8,8 +8,8 @@ BASE = {"model": "m", "data": "s3://bucket/faces/ms1mv2", "format": "rec"}
 
 
 def test_plan_from_flags():
-    plan = validate(ScoreConfig, {**BASE, "actors": "2,8", "gpus_per_actor": 1}).plan()
-    assert plan.actors == (2, 8) and plan.gpus_per_actor == 1
+    plan = validate(ScoreConfig, {**BASE, "actors": "2,8", "gpus": "0.5"}).plan()
+    assert plan.actors == (2, 8) and plan.gpus_per_actor == 0.5
     assert plan.dataset == "ms1mv2" and plan.table == "fiqa.manifest"
     assert validate(ScoreConfig, {**BASE, "actors": "3"}).plan().actors == (3, 3)
 
@@ -18,6 +18,12 @@ def test_the_cluster_decides_unless_told():
     plan = validate(ScoreConfig, BASE).plan()
     assert (plan.actors, plan.gpus_per_actor, plan.threads_per_actor) == (None, None, None)
     assert plan.cpus_per_actor is None and plan.commit_interval == 60
+
+
+@pytest.mark.parametrize("gpus", ["-1", "some"])
+def test_bad_gpu_counts_are_refused(gpus):
+    with pytest.raises(ConfigError, match=r"gpus \(--gpus\)"):
+        validate(ScoreConfig, {**BASE, "gpus": gpus})
 
 
 @pytest.mark.parametrize("actors", ["0", "8,2", "a", "1,2,3"])

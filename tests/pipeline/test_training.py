@@ -18,6 +18,7 @@ from pipeline.training import (
     TrainingError,
     TrainSpec,
     fit,
+    fitted_batch,
     is_holdout,
     lr_factor,
     parameter_groups,
@@ -147,9 +148,15 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(
     assert all(e["skipped"] == 0 for e in trained["epochs"])
 
 
-def test_too_few_images_for_one_batch_is_an_error(ray_local, faces, tmp_path):
-    with pytest.raises(TrainingError, match="fewer than one global batch"):
-        fit(spec(faces, tmp_path, batch_size=1024))
+def test_a_batch_larger_than_the_training_set_is_clamped_to_it_with_a_warning(
+    faces, tmp_path, caplog
+):
+    big = spec(faces, tmp_path, batch_size=1024, num_workers=2)
+    assert fitted_batch(big, 47).batch_size == 46  # whole batches for both workers
+    assert "larger than the 47 training images: training with batches of 46" in caplog.text
+    caplog.clear()
+    assert fitted_batch(big, 2048) == big and fitted_batch(big, 1) == big  # 1: refused later
+    assert not caplog.text
 
 
 def test_init_from_an_artifact_of_another_architecture_is_refused(faces, tmp_path):
