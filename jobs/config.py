@@ -177,38 +177,30 @@ def check_preset(name: str) -> str:
 PresetName = typing.Annotated[str, AfterValidator(check_preset)]
 
 
+def auto_or(kind: type, least: float, what: str) -> PlainValidator:
+    """A setting that is `auto` or a number of `kind`, at least `least` (`what` names it)."""
+
+    def check(value: Any) -> str | float | int:
+        if value == "auto":
+            return value
+        try:
+            number = kind(value)
+            valid = least <= number == float(value)
+        except (TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise ValueError(f"expected auto or {what}, got {value!r}")
+        return number
+
+    return PlainValidator(check)
+
+
 # How train, score and eval use GPUs: `auto` uses what is there (one GPU for each worker,
 # scorer actor or evaluating process when the cluster has GPUs, none otherwise); a number
 # is the GPUs each one gets (0: CPU only; a fraction shares a GPU).
-def check_gpus(value: Any) -> str | float:
-    if value == "auto":
-        return value
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected auto or a number of GPUs, got {value!r}") from None
-    if number < 0:
-        raise ValueError(f"expected auto or a number of GPUs >= 0, got {value!r}")
-    return number
-
-
-Gpus = typing.Annotated[str | float, PlainValidator(check_gpus)]
-
-
-def check_count(value: Any) -> str | int:
-    if value == "auto":
-        return value
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = 0
-    if number < 1 or number != float(value):
-        raise ValueError(f"expected auto or a whole number >= 1, got {value!r}")
-    return number
-
-
+Gpus = typing.Annotated[str | float, auto_or(float, 0, "a number of GPUs >= 0")]
 # A number of workers: `auto` (from the cluster) or a whole number.
-AutoCount = typing.Annotated[str | int, PlainValidator(check_count)]
+AutoCount = typing.Annotated[str | int, auto_or(int, 1, "a whole number >= 1")]
 
 
 def gpus_or_none(value: Gpus) -> float | None:
