@@ -12,7 +12,7 @@ from jobs.config import AutoCount, Gpus, PresetName, StorageConfig, gpus_or_none
 from models.presets import Mode
 from pipeline.augment import AUGMENTATIONS, check_augmentations
 from pipeline.formats import FormatName
-from pipeline.training import DataSpec, TrainSpec, fit
+from pipeline.training import DEGRADE, DataSpec, TrainSpec, fit
 from pipeline.verification import FMR
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,13 @@ class TrainConfig(StorageConfig):
     clip_grad_norm: float = Field(5.0, gt=0, description="gradient clipping norm")
     augment: list[str] = Field(
         list(AUGMENTATIONS), description=f"of {', '.join(AUGMENTATIONS)}; 'none' for none"
+    )
+    degrade: float = Field(
+        DEGRADE,
+        ge=0,
+        le=1,
+        description="chance that a training image gets a fresh degradation each epoch (one "
+        "of fiqa synth's, at a random severity), so the quality target sees what it costs",
     )
     shuffle_buffer: int = Field(4096, ge=0, description="rows in each worker's shuffle buffer")
     num_workers: AutoCount = Field(
@@ -107,6 +114,7 @@ class TrainConfig(StorageConfig):
             warmup_epochs=self.warmup_epochs,
             clip_grad_norm=self.clip_grad_norm,
             augmentations=tuple(self.augment),
+            degrade=self.degrade,
             shuffle_buffer=self.shuffle_buffer,
             num_workers=None if self.num_workers == "auto" else self.num_workers,
             gpus_per_worker=gpus_or_none(self.gpus),

@@ -37,8 +37,7 @@ PHOTOS = (
     ("skimage", "data", "astronaut.png"),
     ("matplotlib", "mpl-data/sample_data", "grace_hopper.jpg"),
 )
-# extreme_pose acts before rendering, so a photo cannot be given it.
-KINDS = tuple(name for name in synth.DEGRADATIONS if name != "extreme_pose")
+KINDS = synth.PIXEL_DEGRADATIONS
 SEVERITIES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 MIN_DETECTION_SCORE = 0.5  # below it the HOG detector's hits here are not faces
 

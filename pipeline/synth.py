@@ -74,6 +74,8 @@ DEGRADATIONS = (
     "noise",
     "jpeg",
 )
+# What can be done to a finished photo: all but extreme_pose, which acts before rendering.
+PIXEL_DEGRADATIONS = DEGRADATIONS[1:]
 
 # RNG key tags: SeedSequence ignores trailing zeros, so a bare [seed, split, identity] key
 # would equal [seed, split, identity, 0]; a non-zero tag keeps the two streams apart.

@@ -4,11 +4,12 @@ The driver (`fit`) lists the data once (identity and status columns only), maps 
 class indices (sorted identity strings -> 0..C-1), splits off a held-out fraction of images by
 a hash of their id, and hands three Ray datasets to a `TorchTrainer`: `train` and `holdout`
 (split across workers) and `eval` (read whole by rank 0 for the per-epoch verification).
-Decoding runs in Ray Data CPU tasks; augmentation runs in torch inside the loop, on the batch's
-device. The network is replicated under DDP; the class centres of the margin head are split
-over the workers (`pipeline/class_shard.py`). Every epoch (and every N steps) each worker
-reports a checkpoint: rank 0 the network, its optimiser, step and history; every rank its slice
-of the centres with their optimiser state, and its RNG state. A rerun with the same run name,
+Decoding runs in Ray Data CPU tasks, which also give a share of the training images a fresh
+degradation every epoch; augmentation runs in torch inside the loop, on the batch's device. The
+network is replicated under DDP; the class centres of the margin head are split over the
+workers (`pipeline/class_shard.py`). Every epoch (and every N steps) each worker reports a
+checkpoint: rank 0 the network, its optimiser, step and history; every rank its slice of the
+centres with their optimiser state, and its RNG state. A rerun with the same run name,
 or a restart after a worker failure, continues from the latest checkpoint, with any number of
 workers.
 """
@@ -48,6 +49,7 @@ from models.artifact import load_artifact, save_artifact
 from models.losses import FIQALoss, LossParts, certainty_ratio, true_cosine
 from models.presets import get_preset
 from models.vit_fiqa import ViTFIQA
+from pipeline import synth
 from pipeline.augment import augment
 from pipeline.class_shard import ClassShard, slice_state, sum_gradients
 from pipeline.cluster import connect
@@ -68,6 +70,8 @@ HISTORY_FILE = "history.json"
 FAULT_STEP_ENV = "FIQA_TRAIN_FAULT_AT_STEP"
 FAULT_MARKER_ENV = "FIQA_TRAIN_FAULT_MARKER"
 FAULT_DELAY_S = 5.0
+# The chance that a training image gets a fresh degradation each epoch (`degraded`).
+DEGRADE = 0.5
 
 
 class TrainingError(RuntimeError):
@@ -123,6 +127,7 @@ class TrainSpec:
     warmup_epochs: float = 2.0
     clip_grad_norm: float = 5.0
     augmentations: tuple[str, ...] = ()
+    degrade: float = DEGRADE
     shuffle_buffer: int = 4096
     num_workers: int | None = None  # None: one per GPU of the cluster, else 1 (`scaled`)
     gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else 0
@@ -180,25 +185,49 @@ def prepare_batch(
     options: DecodeOptions,
     holdout: bool | None,
     fraction: float,
+    degrade: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """Ray Data UDF: the batch's readable, labelled rows of the wanted split (`holdout`:
     only held-out rows, only the others, or None: all), decoded, with only what the loop
-    needs (pixels, label, ok). Rows are chosen before decoding, which is the costly part."""
+    needs (pixels, label, ok), a share `degrade` of them degraded (`degraded`). Rows are
+    chosen before decoding, which is the costly part."""
     wanted = (batch["status"] == OK) & np.array([i is not None for i in batch["identity"]])
     if holdout is not None:
         split = np.array([is_holdout(i, fraction) for i in batch["image_id"]], dtype=bool)
         wanted &= split == holdout
     batch = {name: column[wanted] for name, column in batch.items()}
     decoded = decode_batch(batch, options)
+    if degrade:
+        degraded(decoded["pixels"], decoded["status"] == OK, degrade)
     labels = np.array([classes.get(i, -1) for i in batch["identity"]], dtype=np.int64)
     ok = (decoded["status"] == OK) & (labels >= 0)
     return {"pixels": decoded["pixels"], "label": labels, "ok": ok.astype(bool)}
 
 
+def degraded(pixels: np.ndarray, ok: np.ndarray, probability: float) -> None:
+    """In place: each readable image, with `probability`, gets one pixel-level degradation of
+    the synthetic data's catalogue (`synth.sample_degradation`, kind and severity uniform).
+
+    The CR target is computed online by the FR head, which after a few epochs has fitted the
+    images it trains on, degraded or not, so their CR no longer shows what a degradation costs.
+    Drawn anew every epoch, a degradation is one the head has not fitted. The draws are not
+    seeded: they are made where Ray Data decodes, whose order is not reproducible either."""
+    policy = synth.DegradationPolicy(
+        enabled=synth.PIXEL_DEGRADATIONS, probability=probability, mix=(1.0,)
+    )
+    rng = np.random.default_rng()
+    for i in np.flatnonzero(ok):
+        pixels[i] = synth.degrade(pixels[i], policy.sample(rng))
+
+
 def labelled(
-    ds: ray.data.Dataset, classes: dict[str, int], holdout: bool | None, fraction: float
+    ds: ray.data.Dataset,
+    classes: dict[str, int],
+    holdout: bool | None,
+    fraction: float,
+    degrade: float = 0.0,
 ) -> ray.data.Dataset:
-    """Rows of readable images (of the wanted split), decoded and labelled."""
+    """Rows of readable images (of the wanted split), decoded, labelled and `degraded`."""
     return ds.map_batches(
         prepare_batch,
         batch_format="numpy",
@@ -207,6 +236,7 @@ def labelled(
             "options": DecodeOptions(),
             "holdout": holdout,
             "fraction": fraction,
+            "degrade": degrade,
         },
     )
 
@@ -636,7 +666,7 @@ def fit(spec: TrainSpec, say: Callable[[str], None] = print) -> TrainResult:
         steps_per_epoch,
         data.skipped or "none",
     )
-    datasets = {"train": labelled(train_ds, classes, False, spec.holdout_fraction)}
+    datasets = {"train": labelled(train_ds, classes, False, spec.holdout_fraction, spec.degrade)}
     if data.holdout_rows:
         datasets["holdout"] = labelled(train_ds, classes, True, spec.holdout_fraction)
     eval_identities: list[str] = []

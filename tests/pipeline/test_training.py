@@ -2,12 +2,14 @@ import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from models.artifact import load_artifact
 from models.vit_fiqa import create_model
+from pipeline import synth
 from pipeline.formats import get_format
 from pipeline.storage import filesystem
 from pipeline.synthetic_dataset import SynthSpec, write_synthetic
@@ -17,6 +19,7 @@ from pipeline.training import (
     DataSpec,
     TrainingError,
     TrainSpec,
+    degraded,
     fit,
     fitted_batch,
     is_holdout,
@@ -52,6 +55,26 @@ def test_holdout_membership_is_stable_and_near_the_fraction():
     assert held == [i for i in ids if is_holdout(i, 0.1)]
     assert 400 < len(held) < 600
     assert not any(is_holdout(i, 0.0) for i in ids)
+
+
+def test_degraded_changes_about_its_share_of_the_readable_images_and_no_other():
+    clean = np.stack(
+        [
+            synth.generate(i, 0, seed=0, split="train", policy=synth.DegradationPolicy.none()).image
+            for i in range(4)
+        ]
+    )
+    pixels = np.repeat(clean, 50, axis=0)  # 200 images
+    ok = np.arange(200) % 4 != 0  # every fourth unreadable: left as it is
+    before = pixels.copy()
+    degraded(pixels, ok, 0.5)
+    changed = (pixels != before).any(axis=(1, 2, 3))
+    assert not changed[~ok].any()
+    # Some degradations at a severity near 0 leave the pixels as they were.
+    assert 0.3 * ok.sum() < changed.sum() < 0.7 * ok.sum()  # 0.5: 5 sd either side
+    after = pixels.copy()
+    degraded(pixels, ok, 0.0)
+    assert (pixels == after).all()
 
 
 @pytest.fixture(scope="module")
