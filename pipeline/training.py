@@ -185,7 +185,7 @@ def prepare_batch(
     options: DecodeOptions,
     holdout: bool | None,
     fraction: float,
-    degrade: float = 0.0,
+    degrade: float,
 ) -> dict[str, np.ndarray]:
     """Ray Data UDF: the batch's readable, labelled rows of the wanted split (`holdout`:
     only held-out rows, only the others, or None: all), decoded, with only what the loop
