@@ -10,7 +10,8 @@ from pydantic import Field, field_validator, model_validator
 
 from jobs.config import AutoCount, Gpus, PresetName, StorageConfig, gpus_or_none, register_verb
 from models.presets import Mode
-from pipeline.augment import AUGMENTATIONS, check_augmentations
+from pipeline.augment import AUGMENTATIONS, UTILITY_PRESERVING, check_augmentations
+from pipeline.evaluation.fr_models import FrModelSpec
 from pipeline.formats import FormatName
 from pipeline.training import DEGRADE, DataSpec, TrainSpec, fit
 from pipeline.verification import FMR
@@ -45,15 +46,28 @@ class TrainConfig(StorageConfig):
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay")
     warmup_epochs: float = Field(2.0, ge=0, description="linear warm-up, then decay to 0")
     clip_grad_norm: float = Field(5.0, gt=0, description="gradient clipping norm")
-    augment: list[str] = Field(
-        list(AUGMENTATIONS), description=f"of {', '.join(AUGMENTATIONS)}; 'none' for none"
+    augment: list[str] | None = Field(
+        None,
+        description=f"of {', '.join(AUGMENTATIONS)}; 'none' for none (default: all; with a "
+        f"teacher, {', '.join(UTILITY_PRESERVING)}: the others change what the teacher measured)",
     )
-    degrade: float = Field(
-        DEGRADE,
+    degrade: float | None = Field(
+        None,
         ge=0,
         le=1,
         description="chance that a training image gets a fresh degradation each epoch (one "
-        "of fiqa synth's, at a random severity), so the quality target sees what it costs",
+        "of fiqa synth's, at a random severity), so the quality target sees what it costs "
+        f"(default: {DEGRADE}; 0 with a teacher, whose copies are the degraded images)",
+    )
+    teacher: FrModelSpec | None = Field(
+        None,
+        description="a pretrained FR model whose CR is the quality target instead of the FR "
+        "head's own: dlib (pip install '.[dlib]'), an .onnx file (YAML: its full spec) or an "
+        "artifact",
+        json_schema_extra={"metavar": "URI"},
+    )
+    teacher_copies: int = Field(
+        1, ge=0, description="degraded copies of each training image the teacher labels"
     )
     shuffle_buffer: int = Field(4096, ge=0, description="rows in each worker's shuffle buffer")
     num_workers: AutoCount = Field(
@@ -78,9 +92,16 @@ class TrainConfig(StorageConfig):
     max_failures: int = Field(2, ge=-1, description="worker failures recovered (-1: always)")
     seed: int = Field(0, ge=0, description="seed of initialisation, shuffling and augmentation")
 
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def uri_is_spec(cls, value):
+        return {"uri": value} if isinstance(value, str) else value
+
     @field_validator("augment")
     @classmethod
-    def known_augmentations(cls, names: list[str]) -> list[str]:
+    def known_augmentations(cls, names: list[str] | None) -> list[str] | None:
+        if names is None:
+            return None
         return [] if names == ["none"] else list(check_augmentations(names))
 
     @model_validator(mode="after")
@@ -113,8 +134,16 @@ class TrainConfig(StorageConfig):
             weight_decay=self.weight_decay,
             warmup_epochs=self.warmup_epochs,
             clip_grad_norm=self.clip_grad_norm,
-            augmentations=tuple(self.augment),
+            augmentations=tuple(
+                self.augment
+                if self.augment is not None
+                else UTILITY_PRESERVING
+                if self.teacher
+                else AUGMENTATIONS
+            ),
             degrade=self.degrade,
+            teacher=self.teacher,
+            teacher_copies=self.teacher_copies,
             shuffle_buffer=self.shuffle_buffer,
             num_workers=None if self.num_workers == "auto" else self.num_workers,
             gpus_per_worker=gpus_or_none(self.gpus),

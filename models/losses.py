@@ -177,7 +177,8 @@ class LossParts:
 
 
 class FIQALoss(nn.Module):
-    """CE(margin softmax) + alpha * SmoothL1(beta)(quality, CR target)."""
+    """CE(margin softmax) + alpha * SmoothL1(beta)(quality, CR target). The target is the CR
+    of these centres, or one given (a pretrained teacher's CR)."""
 
     def __init__(
         self,
@@ -203,13 +204,20 @@ class FIQALoss(nn.Module):
         self.reduce = reduce or ClassReduce()
 
     def forward(
-        self, embedding: torch.Tensor, quality: torch.Tensor, labels: torch.Tensor
+        self,
+        embedding: torch.Tensor,
+        quality: torch.Tensor,
+        labels: torch.Tensor,
+        target: torch.Tensor | None = None,
     ) -> LossParts:
         cos = self.centres.cosine(embedding.float())
         owned, local = self.centres.local_target(labels)
         cos_true = true_cosine(cos, owned, local, self.reduce)
         ce = margin_cross_entropy(cos, cos_true, owned, local, self.margin, self.reduce).mean()
-        cr = certainty_ratio(cos, cos_true, owned, local, self.reduce)
+        if target is None:
+            cr = certainty_ratio(cos, cos_true, owned, local, self.reduce)
+        else:
+            cr = target.float().detach()
         quality_loss = self.alpha * F.smooth_l1_loss(quality.float(), cr, beta=self.beta)
         with torch.no_grad():
             best = self.reduce.max(cos.max(dim=1).values)

@@ -17,6 +17,9 @@ import torch
 import torch.nn.functional as F
 
 AUGMENTATIONS: tuple[str, ...] = ("affine", "flip", "photometric", "blur", "cutout")
+# Those that leave a face as useful for recognition as it was: the only ones a run with a
+# teacher may use, since the teacher's CR was measured on the image before augmentation.
+UTILITY_PRESERVING: tuple[str, ...] = ("flip",)
 
 AFFINE_SCALE = (0.8, 1.2)
 AFFINE_OFFSET = 0.1  # fraction of the side

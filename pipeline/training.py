@@ -49,12 +49,13 @@ from models.artifact import load_artifact, save_artifact
 from models.losses import FIQALoss, LossParts, certainty_ratio, true_cosine
 from models.presets import get_preset
 from models.vit_fiqa import ViTFIQA
-from pipeline import synth
-from pipeline.augment import augment
+from pipeline import synth, teacher
+from pipeline.augment import UTILITY_PRESERVING, augment
 from pipeline.class_shard import ClassShard, slice_state, sum_gradients
 from pipeline.cluster import connect
 from pipeline.datasource import read_samples
 from pipeline.decode import OK, DecodeOptions, decode_batch, to_model_input
+from pipeline.evaluation.fr_models import FrModelSpec
 from pipeline.formats import get_format
 from pipeline.storage import StorageOptions, arrow_filesystem, filesystem, parse_uri
 from pipeline.verification import spearman, verification
@@ -70,8 +71,10 @@ HISTORY_FILE = "history.json"
 FAULT_STEP_ENV = "FIQA_TRAIN_FAULT_AT_STEP"
 FAULT_MARKER_ENV = "FIQA_TRAIN_FAULT_MARKER"
 FAULT_DELAY_S = 5.0
-# The chance that a training image gets a fresh degradation each epoch (`degraded`).
+# The chance that a training image gets a fresh degradation each epoch (`degraded`), in a
+# run without a teacher; a teacher's degraded images are its labelled copies.
 DEGRADE = 0.5
+TEACHER_DIR = "teacher"  # in the run's folder: the teacher's descriptors and labels
 
 
 class TrainingError(RuntimeError):
@@ -85,25 +88,32 @@ class DataSpec:
     storage: StorageOptions | None = None
     format_options: dict = field(default_factory=dict)
 
-    def read(self, shuffle_seed: int | None = None) -> ray.data.Dataset:
-        """All samples; with a seed, the shards (so the read tasks) in a shuffled order, which
-        mixes identities across blocks without materialising the dataset."""
-        datasets = []
+    def shards(self, shuffle_seed: int | None = None) -> list[tuple[str, list]]:
+        """(dataset URI, its shards) for each dataset; with a seed, the shards in a shuffled
+        order."""
         fmt = get_format(self.format, **self.format_options)
+        listed = []
         for uri in self.uris:
             fs, root = filesystem(uri, self.storage)
             shards = fmt.list_shards(fs, root)
             if shuffle_seed is not None:
                 random.Random(shuffle_seed).shuffle(shards)
-            datasets.append(
-                read_samples(
-                    self.format,
-                    uri,
-                    storage=self.storage,
-                    format_options=self.format_options,
-                    shards=shards,
-                )
+            listed.append((uri, shards))
+        return listed
+
+    def read(self, shuffle_seed: int | None = None) -> ray.data.Dataset:
+        """All samples; with a seed, the shards (so the read tasks) in a shuffled order, which
+        mixes identities across blocks without materialising the dataset."""
+        datasets = [
+            read_samples(
+                self.format,
+                uri,
+                storage=self.storage,
+                format_options=self.format_options,
+                shards=shards,
             )
+            for uri, shards in self.shards(shuffle_seed)
+        ]
         return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
 
 
@@ -127,7 +137,9 @@ class TrainSpec:
     warmup_epochs: float = 2.0
     clip_grad_norm: float = 5.0
     augmentations: tuple[str, ...] = ()
-    degrade: float = DEGRADE
+    degrade: float | None = None  # None: DEGRADE without a teacher, 0 with one
+    teacher: FrModelSpec | None = None  # None: the CR of the FR head being trained
+    teacher_copies: int = 1  # degraded copies of each image the teacher labels
     shuffle_buffer: int = 4096
     num_workers: int | None = None  # None: one per GPU of the cluster, else 1 (`scaled`)
     gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else 0
@@ -186,11 +198,16 @@ def prepare_batch(
     holdout: bool | None,
     fraction: float,
     degrade: float,
+    targets: teacher.Targets | None = None,
+    copies: int = 0,
+    seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """Ray Data UDF: the batch's readable, labelled rows of the wanted split (`holdout`:
     only held-out rows, only the others, or None: all), decoded, with only what the loop
-    needs (pixels, label, ok), a share `degrade` of them degraded (`degraded`). Rows are
-    chosen before decoding, which is the costly part."""
+    needs (pixels, label, ok), a share `degrade` of them degraded (`degraded`). With teacher
+    `targets`, each row is followed by its `copies` degraded copies, and `target` holds the
+    teacher's CR of each (a row without one is not ok). Rows are chosen before decoding,
+    which is the costly part."""
     wanted = (batch["status"] == OK) & np.array([i is not None for i in batch["identity"]])
     if holdout is not None:
         split = np.array([is_holdout(i, fraction) for i in batch["image_id"]], dtype=bool)
@@ -201,7 +218,12 @@ def prepare_batch(
         degraded(decoded["pixels"], decoded["status"] == OK, degrade)
     labels = np.array([classes.get(i, -1) for i in batch["identity"]], dtype=np.int64)
     ok = (decoded["status"] == OK) & (labels >= 0)
-    return {"pixels": decoded["pixels"], "label": labels, "ok": ok.astype(bool)}
+    if targets is None:
+        return {"pixels": decoded["pixels"], "label": labels, "ok": ok.astype(bool)}
+    pixels, rows, copy = teacher.with_copies(decoded["pixels"], batch["image_id"], copies, seed, ok)
+    target = targets(batch["shard"][rows], batch["image_id"][rows], copy)
+    ok = ok[rows] & ~np.isnan(target)
+    return {"pixels": pixels, "label": labels[rows], "ok": ok, "target": target}
 
 
 def degraded(pixels: np.ndarray, ok: np.ndarray, probability: float) -> None:
@@ -226,8 +248,17 @@ def labelled(
     holdout: bool | None,
     fraction: float,
     degrade: float = 0.0,
+    plan: teacher.Plan | None = None,
 ) -> ray.data.Dataset:
-    """Rows of readable images (of the wanted split), decoded, labelled and `degraded`."""
+    """Rows of readable images (of the wanted split), decoded, labelled and `degraded`; with
+    a teacher `plan`, with its copies and targets (`prepare_batch`)."""
+    targets = {}
+    if plan:
+        targets = {
+            "targets": teacher.Targets(plan.root, plan.storage),
+            "copies": plan.copies,
+            "seed": plan.seed,
+        }
     return ds.map_batches(
         prepare_batch,
         batch_format="numpy",
@@ -237,6 +268,7 @@ def labelled(
             "holdout": holdout,
             "fraction": fraction,
             "degrade": degrade,
+            **targets,
         },
     )
 
@@ -280,13 +312,16 @@ def train_step(
     labels: torch.Tensor,
     clip_grad_norm: float,
     autocast=contextlib.nullcontext,
+    target: torch.Tensor | None = None,
 ) -> tuple[LossParts, torch.Tensor]:
-    """One optimiser step on the global batch (this worker's rows are `x`): the loss parts,
+    """One optimiser step on the global batch (this worker's rows are `x`; `target`: a
+    teacher's CR of them, else the FR head's own CR is the target): the loss parts,
     identical on every worker, and the gradient norm before clipping. The margin head runs in
     float32 outside autocast: s = 64 logits over many classes need the precision."""
     with autocast():
         embedding, quality = model(x)
-    parts = criterion(*shard.gather(embedding.float(), quality.float(), labels))
+    given = () if target is None else (target,)
+    parts = criterion(*shard.gather(embedding.float(), quality.float(), labels, *given))
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
     (parts.total / shard.world).backward()
@@ -300,14 +335,20 @@ def train_step(
 def holdout_metrics(
     model: ViTFIQA, criterion: FIQALoss, shard: ClassShard, batches, device: torch.device, autocast
 ) -> dict[str, float]:
-    """CR with the current centres (margin-free, eval mode) against predicted quality. Every
-    worker embeds its part of the held-out images; the CR of each gathered batch needs every
-    worker's centres, so all workers run this in step."""
+    """The quality target (a teacher's CR, else the CR with the current centres, margin-free,
+    eval mode) against predicted quality. Every worker embeds its part of the held-out
+    images; the CR of each gathered batch needs every worker's centres, so all workers run
+    this in step."""
     qualities, crs = [], []
     for batch in batches:
         ok = batch["ok"]
         with autocast():
             embedding, quality = model(to_model_input(batch["pixels"][ok]).to(device))
+        if "target" in batch:
+            quality, cr = shard.gather(quality.float(), batch["target"][ok].to(device))
+            qualities.append(quality.cpu())
+            crs.append(cr.cpu())
+            continue
         labels = batch["label"][ok].to(device)
         embedding, quality, labels = shard.gather(embedding.float(), quality.float(), labels)
         centres, reduce = criterion.centres, criterion.reduce
@@ -460,6 +501,7 @@ def train_loop(config: dict[str, Any]) -> None:
             x = to_model_input(batch["pixels"][ok]).to(device, non_blocking=True)
             x = augment(x, spec.augmentations, generator)
             labels = batch["label"][ok].to(device)
+            target = batch["target"][ok].to(device) if "target" in batch else None
             lr = spec.lr * lr_factor(step, warmup_steps, total_steps)
             for group in (*optimizer.param_groups, *head_optimizer.param_groups):
                 group["lr"] = lr
@@ -472,6 +514,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 labels,
                 spec.clip_grad_norm,
                 autocast,
+                target,
             )
             step += 1
             images += len(labels)
@@ -636,20 +679,25 @@ def relayed(queue: Queue, say: Callable[[str], None]) -> Iterator[None]:
 
 def fit(spec: TrainSpec, say: Callable[[str], None] = print) -> TrainResult:
     """Run (or resume) training and write the artifact to `spec.out`; `say` gets one line
-    per epoch (and one on resuming)."""
+    per epoch (and one on resuming, and the teacher's progress)."""
     started = time.time()
     check_init(spec)
+    degrade = fresh_degrade(spec)
     connect()
     spec = scaled(spec, ray.cluster_resources())
     train_ds = spec.train.read(shuffle_seed=spec.seed)
     data = summarise(train_ds, spec.holdout_fraction)
     if not data.identities:
         raise TrainingError(f"{', '.join(spec.train.uris)}: no readable labelled images")
-    spec = fitted_batch(spec, data.train_rows)
-    steps_per_epoch = (data.train_rows // spec.num_workers) // (spec.batch_size // spec.num_workers)
+    classes = {identity: i for i, identity in enumerate(data.identities)}
+    plan = teacher_plan(spec, classes)
+    rows_per_image = 1 + (plan.copies if plan else 0)
+    train_rows = data.train_rows * rows_per_image
+    spec = fitted_batch(spec, train_rows)
+    steps_per_epoch = (train_rows // spec.num_workers) // (spec.batch_size // spec.num_workers)
     if steps_per_epoch == 0:
         raise TrainingError(
-            f"{data.train_rows} training images are fewer than one global batch of "
+            f"{train_rows} training images are fewer than one global batch of "
             f"{spec.batch_size}: lower --batch-size"
         )
     if len(data.identities) < spec.num_workers:
@@ -657,7 +705,6 @@ def fit(spec: TrainSpec, say: Callable[[str], None] = print) -> TrainResult:
             f"{len(data.identities)} identities cannot be split over {spec.num_workers} "
             "workers (each holds a slice of the class centres): lower --num-workers"
         )
-    classes = {identity: i for i, identity in enumerate(data.identities)}
     log.info(
         "%d identities, %d training and %d held-out images, %d steps per epoch, skipped %s",
         len(classes),
@@ -666,9 +713,16 @@ def fit(spec: TrainSpec, say: Callable[[str], None] = print) -> TrainResult:
         steps_per_epoch,
         data.skipped or "none",
     )
-    datasets = {"train": labelled(train_ds, classes, False, spec.holdout_fraction, spec.degrade)}
+    if plan:
+        shards = [(uri, shard) for uri, listed in spec.train.shards() for shard in listed]
+        try:
+            labelled_rows = teacher.label(plan, shards, say)
+        except teacher.TeacherError as e:
+            raise TrainingError(str(e)) from e
+        say(f"teacher {plan.teacher.label}: CR of {labelled_rows} images and copies")
+    datasets = {"train": labelled(train_ds, classes, False, spec.holdout_fraction, degrade, plan)}
     if data.holdout_rows:
-        datasets["holdout"] = labelled(train_ds, classes, True, spec.holdout_fraction)
+        datasets["holdout"] = labelled(train_ds, classes, True, spec.holdout_fraction, plan=plan)
     eval_identities: list[str] = []
     if spec.eval:
         eval_ds = spec.eval.read()
@@ -718,6 +772,7 @@ def fit(spec: TrainSpec, say: Callable[[str], None] = print) -> TrainResult:
             "identities_file": IDENTITIES_FILE,
             "centres_file": CENTRES_FILE,
             "train_images": data.train_rows,
+            "teacher_rows_per_image": rows_per_image if plan else None,
             "holdout_images": data.holdout_rows,
             "skipped_at_read": data.skipped,
             "eval_identities": len(eval_identities),
@@ -742,6 +797,44 @@ def fit(spec: TrainSpec, say: Callable[[str], None] = print) -> TrainResult:
     return TrainResult(model_id, parse_uri(spec.out).uri, result.path, summary)
 
 
+def fresh_degrade(spec: TrainSpec) -> float:
+    """The run's `degrade`. A teacher's CR holds only for the pixels it measured: its own
+    degraded copies, augmented at most by what leaves FR utility as it was."""
+    if spec.teacher is None:
+        return DEGRADE if spec.degrade is None else spec.degrade
+    if spec.degrade:
+        raise TrainingError(
+            "fresh degradations have no teacher CR: with a teacher, its degraded copies "
+            "(teacher_copies) replace them; leave degrade unset or 0"
+        )
+    changing = [a for a in spec.augmentations if a not in UTILITY_PRESERVING]
+    if changing:
+        raise TrainingError(
+            f"augmentation {', '.join(changing)} changes what the teacher measured: with a "
+            f"teacher use only {', '.join(UTILITY_PRESERVING)}"
+        )
+    return 0.0
+
+
+def teacher_plan(spec: TrainSpec, classes: dict[str, int]) -> teacher.Plan | None:
+    """Where and how the run's teacher labels its training images (None: no teacher)."""
+    if spec.teacher is None:
+        return None
+    root = f"{spec.storage_path.rstrip('/')}/{spec.run_name}/{TEACHER_DIR}"
+    return teacher.Plan(
+        teacher=spec.teacher,
+        format=spec.train.format,
+        format_options=spec.train.format_options,
+        data_storage=spec.train.storage,
+        storage=spec.storage,
+        classes=classes,
+        copies=spec.teacher_copies,
+        seed=spec.seed,
+        root=root,
+        gpus=1.0 if spec.gpus_per_worker and spec.teacher.resolved_kind == "artifact" else 0.0,
+    )
+
+
 def check_init(spec: TrainSpec) -> None:
     """An initial artifact must have the architecture the run asks for."""
     if not spec.init_from:
@@ -759,6 +852,8 @@ def spec_summary(spec: TrainSpec) -> dict:
     """The spec as JSON, without storage options (they may carry credentials)."""
     out = asdict(spec)
     out.pop("storage")
+    if spec.teacher:
+        out["teacher"] = spec.teacher.model_dump()
     for name in ("train", "eval"):
         if out[name]:
             out[name].pop("storage")
