@@ -51,6 +51,7 @@ EMBED_BATCH = 64  # images per teacher call
 CLASS_BLOCK = 65536  # centres per matrix product when labelling
 CACHED_SHARDS = 4  # shards' labels a training decode process keeps
 SIGNATURE_FILE = "teacher.json"
+PROGRESS_S = 30.0
 
 
 class TeacherError(RuntimeError):
@@ -101,7 +102,7 @@ class Plan:
     gpus: float = 0.0  # per describe task: an artifact teacher runs on a GPU when given one
 
     def path(self, kind: str, key: str) -> str:
-        return labels_path(self.root, kind, key)
+        return file_path(self.root, kind, key)
 
     def signature(self) -> dict:
         """What the labels depend on; a rerun must match it to reuse them."""
@@ -114,7 +115,8 @@ class Plan:
         }
 
 
-def labels_path(root: str, kind: str, key: str) -> str:
+def file_path(root: str, kind: str, key: str) -> str:
+    """Where a shard's descriptors or labels (`kind`) go."""
     return f"{root.rstrip('/')}/{kind}/{shard_file(key)}.parquet"
 
 
@@ -163,21 +165,23 @@ def _describe_rows(plan: Plan, uri: str, shard) -> pa.Table:
             chunk = []
     if chunk:
         flush(chunk)
-    dim = len(columns["descriptor"][0]) if columns["descriptor"] else 0
-    descriptors = np.asarray(columns.pop("descriptor"), dtype=np.float32).reshape(-1, dim)
+    descriptors = np.asarray(columns.pop("descriptor"), dtype=np.float32)
+    dim = descriptors.shape[1] if len(descriptors) else 0
+    offsets = pa.array(np.arange(len(descriptors) + 1, dtype=np.int32) * dim)
     return pa.table(
         {
             "image_id": pa.array(columns["image_id"], pa.string()),
             "copy": pa.array(columns["copy"], pa.int16()),
             "label": pa.array(columns["label"], pa.int64()),
-            "descriptor": pa.FixedSizeListArray.from_arrays(pa.array(descriptors.ravel()), dim),
+            "descriptor": pa.ListArray.from_arrays(offsets, pa.array(descriptors.ravel())),
         }
     )
 
 
 def _descriptors(table: pa.Table) -> np.ndarray:
-    column = table.column("descriptor").combine_chunks()
-    return column.values.to_numpy().reshape(len(table), column.type.list_size)
+    """(rows, dim) float32; (0, 0) for a shard without a described image."""
+    values = table.column("descriptor").combine_chunks().flatten().to_numpy()
+    return values.reshape(len(table), -1) if len(table) else values.reshape(0, 0)
 
 
 @ray.remote(num_cpus=1)
@@ -224,8 +228,10 @@ def label_shard(plan: Plan, key: str, centres: np.ndarray, mean: np.ndarray) -> 
     if done is not None:
         return len(done)
     table = _read_table(plan.path(DESCRIPTORS, key), plan.storage)
-    embedding = _unit(_descriptors(table) - mean).astype(np.float32)
-    cr = certainty_ratios(embedding, table.column("label").to_numpy(), centres)
+    cr = np.zeros(0, dtype=np.float32)
+    if len(table):  # else a shard without one readable, labelled image
+        embedding = _unit(_descriptors(table) - mean).astype(np.float32)
+        cr = certainty_ratios(embedding, table.column("label").to_numpy(), centres)
     labels = pa.table(
         {"image_id": table.column("image_id"), "copy": table.column("copy"), "cr": cr}
     )
@@ -234,15 +240,17 @@ def label_shard(plan: Plan, key: str, centres: np.ndarray, mean: np.ndarray) -> 
 
 
 def _run(tasks: list, what: str, say: Callable[[str], None]) -> list:
-    """The tasks' results in order, with a progress line every tenth of them."""
+    """The tasks' results in order, with a progress line at most every PROGRESS_S seconds
+    and one at the end."""
     pending, results, started = list(tasks), {}, time.perf_counter()
-    step = max(1, len(tasks) // 10)
+    said = started
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
         results[ready[0]] = ray.get(ready[0])
-        if len(results) % step == 0 or not pending:
-            elapsed = time.perf_counter() - started
-            say(f"teacher {what}: {len(results)}/{len(tasks)} shards, {elapsed:.0f} s")
+        now = time.perf_counter()
+        if now - said >= PROGRESS_S or not pending:
+            say(f"teacher {what}: {len(results)}/{len(tasks)} shards, {now - started:.0f} s")
+            said = now
     return [results[t] for t in tasks]
 
 
@@ -268,6 +276,8 @@ def label(plan: Plan, shards: list[tuple[str, object]], say: Callable[[str], Non
     sums = np.zeros((len(plan.classes), dim), dtype=np.float64)
     counts = np.zeros(len(plan.classes), dtype=np.int64)
     for classes, class_sums, class_counts in described:
+        if not len(classes):
+            continue
         sums[classes] += class_sums
         counts[classes] += class_counts
     mean = sums.sum(axis=0) / counts.sum()
@@ -304,7 +314,7 @@ class Targets:
 
     def shard(self, key: str) -> dict[tuple[str, int], float]:
         if key not in self.cache:
-            table = _read_table(labels_path(self.root, LABELS, key), self.storage)
+            table = _read_table(file_path(self.root, LABELS, key), self.storage)
             if table is None:
                 raise TeacherError(f"shard {key} has no teacher labels under {self.root}")
             columns = (table.column(c).to_pylist() for c in ("image_id", "copy", "cr"))

@@ -42,8 +42,10 @@ def artifact_teacher(tmp_path_factory) -> FrModelSpec:
     return FrModelSpec(uri=directory)
 
 
-def plan(faces: str, root: str, fr: FrModelSpec, copies: int = 1) -> teacher.Plan:
-    classes = {f"train-{i:06d}": i for i in range(IDENTITIES)}
+def plan(
+    faces: str, root: str, fr: FrModelSpec, copies: int = 1, identities: int = IDENTITIES
+) -> teacher.Plan:
+    classes = {f"train-{i:06d}": i for i in range(identities)}
     return teacher.Plan(fr, "wds", {}, None, None, classes, copies, seed=0, root=root)
 
 
@@ -118,6 +120,17 @@ def test_labels_hold_the_cr_of_every_image_and_copy_and_are_reused(
     assert [os.path.getmtime(f) for f in files] == written
     with pytest.raises(teacher.TeacherError, match="another teacher, copy count"):
         teacher.label(plan(faces, root, artifact_teacher, copies=2), shards(faces), print)
+
+
+def test_a_shard_without_a_labelled_image_gets_empty_files(
+    ray_local, faces, artifact_teacher, tmp_path
+):
+    root = str(tmp_path / "teacher")
+    # Shards of 16 images hold two identities each: the third shard has none of these four.
+    four = plan(faces, root, artifact_teacher, copies=0, identities=4)
+    assert teacher.label(four, shards(faces), print) == 4 * PER_IDENTITY
+    sizes = sorted(len(pq.read_table(f)) for f in glob.glob(f"{root}/labels/*"))
+    assert sizes == [0, 16, 16]
 
 
 def test_a_teacher_that_cannot_be_loaded_is_refused_before_any_task(faces, tmp_path):
