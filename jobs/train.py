@@ -114,6 +114,12 @@ class TrainConfig(StorageConfig):
             raise ValueError(f"warmup_epochs {self.warmup_epochs} > epochs {self.epochs}")
         return self
 
+    def augmentations(self) -> tuple[str, ...]:
+        """The ones asked for; by default all, or with a teacher those that keep its CR true."""
+        if self.augment is not None:
+            return tuple(self.augment)
+        return UTILITY_PRESERVING if self.teacher else AUGMENTATIONS
+
     def spec(self) -> TrainSpec:
         storage = self.storage()
         return TrainSpec(
@@ -134,13 +140,7 @@ class TrainConfig(StorageConfig):
             weight_decay=self.weight_decay,
             warmup_epochs=self.warmup_epochs,
             clip_grad_norm=self.clip_grad_norm,
-            augmentations=tuple(
-                self.augment
-                if self.augment is not None
-                else UTILITY_PRESERVING
-                if self.teacher
-                else AUGMENTATIONS
-            ),
+            augmentations=self.augmentations(),
             degrade=self.degrade,
             teacher=self.teacher,
             teacher_copies=self.teacher_copies,

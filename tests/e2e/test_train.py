@@ -6,7 +6,9 @@ import pytest
 from safetensors.torch import load as load_safetensors
 
 from jobs.cli import main
+from jobs.train import TrainConfig
 from models.artifact import load_artifact
+from pipeline.augment import AUGMENTATIONS
 from pipeline.formats import get_format
 from pipeline.storage import filesystem
 from pipeline.synthetic_dataset import SynthSpec, write_synthetic
@@ -106,3 +108,25 @@ def test_bad_yaml_values_name_their_field(tmp_path, capsys):
     assert main(["train", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "loss (--loss)" in err and "lr (--lr)" in err
+
+
+def test_a_teacher_sets_the_defaults_that_keep_its_cr_true():
+    required = {"data": ["/nowhere"], "format": "wds", "out": "/tmp/x"}
+    plain = TrainConfig(**required).spec()
+    assert (plain.teacher, plain.augmentations, plain.degrade) == (None, AUGMENTATIONS, None)
+    taught = TrainConfig(**required, teacher="dlib").spec()
+    assert (taught.teacher.uri, taught.augmentations) == ("dlib", ("flip",))
+    assert taught.teacher_copies == 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--augment", "flip", "blur"], "augmentation blur changes what the teacher measured"),
+        (["--degrade", "0.5"], "fresh degradations have no teacher CR"),
+    ],
+)
+def test_what_would_change_a_teachers_images_is_refused_before_ray(flags, message, capsys):
+    args = ["train", "--data", "/nowhere", "--format", "wds", "--out", "/tmp/x", "--teacher"]
+    assert main([*args, "dlib", *flags]) == 2
+    assert message in capsys.readouterr().err
