@@ -14,10 +14,11 @@ with the classes, never with the rows:
    from the run's seed and the image id (`copy_degradations`), so the training loop redraws
    the same copy from the same bytes. The descriptors go to `descriptors/<shard>.parquet`;
    the task returns its per-class sums of the as-read images (copy 0).
-2. label: the class centres are those means less the mean over all as-read images: a
-   pretrained model's descriptors share a large common part, and on raw descriptors every
-   cosine is near 0.9 and the CR hardly varies. Each task computes CR = CCS / (NNCCS + 1) of
-   every row against all centres (in blocks of classes) and writes `labels/<shard>.parquet`.
+2. label: the driver makes the class centres, the per-class means less the mean over all
+   as-read images (a pretrained model's descriptors share a large common part: on raw
+   descriptors every cosine is near 0.9 and the CR hardly varies). Each task computes
+   CR = CCS / (NNCCS + 1) of every row against all centres (in blocks of classes) and writes
+   `labels/<shard>.parquet`.
 
 Training reads a shard's labels beside its images (`Targets`). Files are written whole, and a
 pass reuses the files that exist, so rerunning a run name resumes labelling where it stopped.
