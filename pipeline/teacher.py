@@ -32,7 +32,7 @@ import json
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -195,10 +195,11 @@ def describe_shard(plan: Plan, uri: str, shard) -> tuple[np.ndarray, np.ndarray,
         table = _describe_rows(plan, uri, shard)
         _write_table(table, path, plan.storage)
     as_read = table.filter(pc.equal(table.column("copy"), 0))
+    descriptors = _descriptors(as_read)
     labels = as_read.column("label").to_numpy()
     classes, index, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    sums = np.zeros((len(classes), _descriptors(table).shape[1]), dtype=np.float64)
-    np.add.at(sums, index, _descriptors(as_read))
+    sums = np.zeros((len(classes), descriptors.shape[1]), dtype=np.float64)
+    np.add.at(sums, index, descriptors)
     return classes, sums, counts
 
 
@@ -240,19 +241,24 @@ def label_shard(plan: Plan, key: str, centres: np.ndarray, mean: np.ndarray) -> 
     return len(labels)
 
 
-def _run(tasks: list, what: str, say: Callable[[str], None]) -> list:
-    """The tasks' results in order, with a progress line at most every PROGRESS_S seconds
-    and one at the end."""
-    pending, results, started = list(tasks), {}, time.perf_counter()
-    said = started
+def _finished(tasks: list, what: str, say: Callable[[str], None]) -> Iterator:
+    """Each task's result as it finishes, with a progress line at most every PROGRESS_S
+    seconds and one at the end. A finished task's reference is dropped once its result is
+    yielded, so neither the driver nor the object store holds every shard's result; pass the
+    list without keeping it."""
+    pending, total, done = tasks, len(tasks), 0
+    del tasks
+    started = said = time.perf_counter()
     while pending:
-        ready, pending = ray.wait(pending, num_returns=1)
-        results[ready[0]] = ray.get(ready[0])
+        # Everything finished within a second: one wait per second, not one per shard.
+        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+        while ready:
+            yield ray.get(ready.pop())
+            done += 1
         now = time.perf_counter()
         if now - said >= PROGRESS_S or not pending:
-            say(f"teacher {what}: {len(results)}/{len(tasks)} shards, {now - started:.0f} s")
+            say(f"teacher {what}: {done}/{total} shards, {now - started:.0f} s")
             said = now
-    return [results[t] for t in tasks]
 
 
 def label(plan: Plan, shards: list[tuple[str, object]], say: Callable[[str], None]) -> int:
@@ -270,22 +276,22 @@ def label(plan: Plan, shards: list[tuple[str, object]], say: Callable[[str], Non
     check_signature(plan)
     plan_ref = ray.put(plan)
     describe = describe_shard.options(num_gpus=plan.gpus)
-    described = _run([describe.remote(plan_ref, u, s) for u, s in shards], "describe", say)
-    dim = next((s.shape[1] for _, s, _ in described if len(s)), 0)
-    if not dim:
-        raise TeacherError("no readable labelled image to describe")
-    sums = np.zeros((len(plan.classes), dim), dtype=np.float64)
-    counts = np.zeros(len(plan.classes), dtype=np.int64)
+    described = _finished([describe.remote(plan_ref, u, s) for u, s in shards], "describe", say)
+    sums, counts = None, np.zeros(len(plan.classes), dtype=np.int64)
     for classes, class_sums, class_counts in described:
         if not len(classes):
             continue
+        if sums is None:  # the descriptor size is known from the first described shard
+            sums = np.zeros((len(plan.classes), class_sums.shape[1]), dtype=np.float64)
         sums[classes] += class_sums
         counts[classes] += class_counts
+    if sums is None:
+        raise TeacherError("no readable labelled image to describe")
     mean = sums.sum(axis=0) / counts.sum()
     centres = _unit(sums / np.maximum(counts, 1)[:, None] - mean).astype(np.float32)
     centres[counts == 0] = 0  # a class with no readable image is no one's neighbour
     refs = ray.put(centres), ray.put(mean.astype(np.float32))
-    return sum(_run([label_shard.remote(plan_ref, k, *refs) for k in keys], "label", say))
+    return sum(_finished([label_shard.remote(plan_ref, k, *refs) for k in keys], "label", say))
 
 
 def check_signature(plan: Plan) -> None:
