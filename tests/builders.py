@@ -1,4 +1,5 @@
-"""Small datasets for tests: synthetic faces with some corrupt samples mixed in."""
+"""Small datasets for tests (synthetic faces with some corrupt samples mixed in) and a tiny
+training run over them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from PIL import Image
 from pipeline import synth
 from pipeline.formats import get_format
 from pipeline.storage import StorageOptions, filesystem
+from pipeline.training import DataSpec, TrainSpec
 
 # What each kind of bad sample should become after decoding.
 CORRUPT = {
@@ -59,3 +61,25 @@ def write_faces(
                 expected[writer.write(key, f"{prefix}{i:03d}", data, "jpg")] = status
                 n += 1
     return expected
+
+
+def tiny_run(data: str, tmp_path, **overrides) -> TrainSpec:
+    """A one-epoch run of the micro preset on two half-CPU workers over the wds faces at
+    `data`, checkpointing every 2 steps, no retries; `overrides` replace any field."""
+    values = dict(
+        train=DataSpec("wds", (data,)),
+        out=str(tmp_path / "model"),
+        holdout_fraction=0.0,
+        preset="vit-fiqa-micro",
+        epochs=1,
+        batch_size=8,
+        warmup_epochs=0.5,
+        augmentations=("flip", "blur"),
+        num_workers=2,
+        cpus_per_worker=0.5,
+        storage_path=str(tmp_path / "runs"),
+        run_name="run",
+        checkpoint_every_steps=2,
+        max_failures=0,
+    )
+    return TrainSpec(**{**values, **overrides})

@@ -20,6 +20,7 @@ from pipeline.formats import get_format
 from pipeline.storage import filesystem
 from pipeline.synthetic_dataset import SynthSpec, write_synthetic
 from pipeline.training import DataSpec, TrainingError, TrainSpec, fit
+from tests.builders import tiny_run
 
 IDENTITIES, PER_IDENTITY = 6, 8
 
@@ -140,30 +141,14 @@ def test_a_teacher_that_cannot_be_loaded_is_refused_before_any_task(faces, tmp_p
     assert not (tmp_path / "t").exists()
 
 
-def train_spec(faces: str, tmp_path, fr: FrModelSpec, **overrides) -> TrainSpec:
-    values = dict(
-        train=DataSpec("wds", (faces,)),
-        out=str(tmp_path / "model"),
-        holdout_fraction=0.0,
-        preset="vit-fiqa-micro",
-        epochs=1,
-        batch_size=8,
-        warmup_epochs=0.5,
-        augmentations=("flip",),
-        num_workers=2,
-        cpus_per_worker=0.5,
-        storage_path=str(tmp_path / "runs"),
-        run_name="run",
-        max_failures=0,
-        teacher=fr,
-    )
-    return TrainSpec(**{**values, **overrides})
+def taught(faces: str, tmp_path, fr: FrModelSpec, **overrides) -> TrainSpec:
+    return tiny_run(faces, tmp_path, **{"augmentations": ("flip",), "teacher": fr, **overrides})
 
 
 def test_a_run_with_a_teacher_regresses_the_teachers_cr(
     ray_local, faces, artifact_teacher, tmp_path
 ):
-    fit(train_spec(faces, tmp_path, artifact_teacher))
+    fit(taught(faces, tmp_path, artifact_teacher))
     trained = load_artifact(str(tmp_path / "model")).training["trained"]
     assert trained["teacher_rows_per_image"] == 2
     # 96 rows in 12 equal batches: the epoch's mean target is the mean of every label.
@@ -184,7 +169,7 @@ def test_a_teacher_refuses_what_would_change_the_images_after_labelling(
     faces, artifact_teacher, tmp_path, overrides, message
 ):
     with pytest.raises(TrainingError, match=message):
-        fit(train_spec(faces, tmp_path, artifact_teacher, **overrides))
+        fit(taught(faces, tmp_path, artifact_teacher, **overrides))
 
 
 @pytest.mark.skipif(not dlib_fr.installed(), reason="needs the dlib extra")

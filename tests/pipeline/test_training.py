@@ -16,9 +16,7 @@ from pipeline.synthetic_dataset import SynthSpec, write_synthetic
 from pipeline.training import (
     FAULT_MARKER_ENV,
     FAULT_STEP_ENV,
-    DataSpec,
     TrainingError,
-    TrainSpec,
     degraded,
     fit,
     fitted_batch,
@@ -26,6 +24,7 @@ from pipeline.training import (
     lr_factor,
     parameter_groups,
 )
+from tests.builders import tiny_run
 
 
 def test_lr_warms_up_linearly_then_decays_to_zero():
@@ -85,26 +84,6 @@ def faces(tmp_path_factory) -> str:
     return root
 
 
-def spec(faces: str, tmp_path, **overrides) -> TrainSpec:
-    values = dict(
-        train=DataSpec("wds", (faces,)),
-        out=str(tmp_path / "model"),
-        holdout_fraction=0.0,
-        preset="vit-fiqa-micro",
-        epochs=1,
-        batch_size=8,
-        warmup_epochs=0.5,
-        augmentations=("flip", "blur"),
-        num_workers=2,
-        cpus_per_worker=0.5,
-        storage_path=str(tmp_path / "runs"),
-        run_name="run",
-        checkpoint_every_steps=2,
-        max_failures=0,
-    )
-    return TrainSpec(**{**values, **overrides})
-
-
 def summary(out: str) -> dict:
     return load_artifact(out).training["trained"]
 
@@ -122,11 +101,11 @@ def test_a_stopped_run_resumes_from_its_checkpoint(ray_local, faces, tmp_path, m
     monkeypatch.setenv(FAULT_STEP_ENV, "3")
     monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "fault"))
     with pytest.raises(TrainingError, match="rerun with the same run name"):
-        fit(spec(faces, tmp_path))  # the worker dies at step 3; no retries allowed
+        fit(tiny_run(faces, tmp_path))  # the worker dies at step 3; no retries allowed
     assert (tmp_path / "fault").exists()
     assert not (tmp_path / "model").exists()
     monkeypatch.delenv(FAULT_STEP_ENV)
-    result = fit(spec(faces, tmp_path))  # same run name: resumes
+    result = fit(tiny_run(faces, tmp_path))  # same run name: resumes
     trained = summary(result.out)
     assert trained["resumed_from_steps"] == [2]
     assert trained["steps"] == trained["steps_per_epoch"] == 6
@@ -147,9 +126,9 @@ def test_a_run_resumes_with_another_worker_count(ray_local, faces, tmp_path, mon
     monkeypatch.setenv(FAULT_STEP_ENV, "3")
     monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "fault"))
     with pytest.raises(TrainingError):
-        fit(spec(faces, tmp_path))  # 2 workers, 3 classes each; checkpoint at step 2
+        fit(tiny_run(faces, tmp_path))  # 2 workers, 3 classes each; checkpoint at step 2
     monkeypatch.delenv(FAULT_STEP_ENV)
-    result = fit(spec(faces, tmp_path, num_workers=1, cpus_per_worker=1.0))
+    result = fit(tiny_run(faces, tmp_path, num_workers=1, cpus_per_worker=1.0))
     trained = summary(result.out)
     assert trained["resumed_from_steps"] == [2]
     assert trained["steps"] == 6
@@ -162,7 +141,7 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(
 ):
     monkeypatch.setenv(FAULT_STEP_ENV, "5")
     monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "fault"))
-    result = fit(spec(faces, tmp_path, max_failures=1, epochs=2, warmup_epochs=1))
+    result = fit(tiny_run(faces, tmp_path, max_failures=1, epochs=2, warmup_epochs=1))
     assert (tmp_path / "fault").exists()
     trained = summary(result.out)
     assert trained["resumed_from_steps"] == [4]
@@ -174,7 +153,7 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(
 def test_a_batch_larger_than_the_training_set_is_clamped_to_it_with_a_warning(
     faces, tmp_path, caplog
 ):
-    big = spec(faces, tmp_path, batch_size=1024, num_workers=2)
+    big = tiny_run(faces, tmp_path, batch_size=1024, num_workers=2)
     assert fitted_batch(big, 47).batch_size == 46  # whole batches for both workers
     assert "larger than the 47 training images: training with batches of 46" in caplog.text
     caplog.clear()
@@ -187,7 +166,7 @@ def test_init_from_an_artifact_of_another_architecture_is_refused(faces, tmp_pat
 
     save_artifact(create_model("vit-fiqa-micro", mode="crfiqa"), str(tmp_path / "a"), preset=None)
     with pytest.raises(TrainingError, match="crfiqa mode"):
-        fit(spec(faces, tmp_path, init_from=str(tmp_path / "a")))
+        fit(tiny_run(faces, tmp_path, init_from=str(tmp_path / "a")))
 
 
 @pytest.mark.slow
