@@ -4,14 +4,19 @@ Local paths, `file://`, `s3://` and `memory://` (tests) are understood. Every re
 gets its fsspec filesystem here, and Ray readers that want a pyarrow filesystem get the
 matching one. For S3, the endpoint, region and credentials come from `StorageOptions` or the
 standard AWS variables; they are passed to both libraries explicitly because pyarrow's S3
-filesystem ignores AWS_ENDPOINT_URL.
+filesystem ignores AWS_ENDPOINT_URL. `committed` writes a file whole (a temporary name, then
+a move), for every writer whose files are read as complete when they exist.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 from urllib.parse import urlparse
 
 import fsspec
@@ -149,3 +154,23 @@ def arrow_filesystem(
         ), location.path
     fs = fsspec_filesystem(location.protocol, options)
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), location.path
+
+
+@contextlib.contextmanager
+def committed(
+    fs: fsspec.AbstractFileSystem, path: str, partial: str | None = None
+) -> Iterator[BinaryIO]:
+    """A file open for writing under a temporary name (`partial`, or one beside `path`), moved
+    to `path` once whole: a reader never sees half a file, and a failed write leaves nothing
+    under `path`."""
+    partial = partial or f"{path}.{uuid.uuid4().hex[:8]}.partial"
+    for parent in {posixpath.dirname(path), posixpath.dirname(partial)} - {""}:
+        fs.makedirs(parent, exist_ok=True)
+    try:
+        with fs.open(partial, "wb") as f:
+            yield f
+    except BaseException:
+        with contextlib.suppress(OSError):
+            fs.rm(partial)
+        raise
+    fs.mv(partial, path)

@@ -45,7 +45,7 @@ from pipeline import synth
 from pipeline.datasource import shard_rows
 from pipeline.decode import OK, decode_batch
 from pipeline.evaluation.fr_models import FrModelSpec, load_fr_model
-from pipeline.storage import StorageOptions, filesystem
+from pipeline.storage import StorageOptions, committed, filesystem
 
 DESCRIPTORS, LABELS = "descriptors", "labels"
 EMBED_BATCH = 64  # images per teacher call
@@ -130,14 +130,10 @@ def _read_table(uri: str, storage: StorageOptions | None) -> pa.Table | None:
 
 
 def _write_table(table: pa.Table, uri: str, storage: StorageOptions | None) -> None:
-    """Written to a temporary name and moved: a file that exists is complete."""
+    """Written whole (`committed`): a file that exists is complete."""
     fs, path = filesystem(uri, storage)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    with fs.open(f"{path}.tmp", "wb") as f:
-        f.write(buffer.getvalue())
-    fs.mv(f"{path}.tmp", path)
+    with committed(fs, path) as f:
+        pq.write_table(table, f)
 
 
 def _describe_rows(plan: Plan, uri: str, shard) -> pa.Table:
@@ -306,8 +302,7 @@ def check_signature(plan: Plan) -> None:
                     "set of identities: train under a new run name"
                 )
         return
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(path, "wb") as f:
+    with committed(fs, path) as f:
         f.write(json.dumps(signature, indent=1).encode())
 
 

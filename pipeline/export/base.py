@@ -1,15 +1,13 @@
 """What every export target shares: the plan, problem rows, the summary (which is also the
-completion record), export order and committed writes."""
+completion record) and export order."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import posixpath
 import re
-import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING, BinaryIO
@@ -17,7 +15,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import fsspec
 
 from pipeline.catalog import CatalogConfig
-from pipeline.storage import StorageOptions
+from pipeline.storage import StorageOptions, committed
 
 if TYPE_CHECKING:
     from pipeline.export.kept import Kept
@@ -102,26 +100,6 @@ def require_empty(fs: fsspec.AbstractFileSystem, root: str, uri: str) -> None:
     """Folder exports go to a new place, so that no earlier file mixes into this one."""
     if fs.exists(root) and fs.ls(root):
         raise ExportError(f"--out {uri} is not empty; export to a new folder (or remove it)")
-
-
-@contextlib.contextmanager
-def committed(
-    fs: fsspec.AbstractFileSystem, path: str, partial: str | None = None
-) -> Iterator[BinaryIO]:
-    """A file open for writing under a temporary name (`partial`, or one beside `path`), moved
-    to `path` once whole: a reader never sees half a file, and a failed write leaves nothing
-    under `path`."""
-    partial = partial or f"{path}.{uuid.uuid4().hex[:8]}.partial"
-    for parent in {posixpath.dirname(path), posixpath.dirname(partial)} - {""}:
-        fs.makedirs(parent, exist_ok=True)
-    try:
-        with fs.open(partial, "wb") as f:
-            yield f
-    except BaseException:
-        with contextlib.suppress(OSError):
-            fs.rm(partial)
-        raise
-    fs.mv(partial, path)
 
 
 def write_lines(out: BinaryIO, lines: Iterable[str]) -> None:

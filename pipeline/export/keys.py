@@ -34,13 +34,12 @@ from pipeline.export.base import (
     ExportError,
     ExportPlan,
     ExportSummary,
-    committed,
     summary_for,
 )
 from pipeline.export.kept import Group, Kept, for_each_group, plan_groups
 from pipeline.export.samples import Output, export_outputs, samples
 from pipeline.shuffle import Part
-from pipeline.storage import StorageOptions, arrow_filesystem, filesystem
+from pipeline.storage import StorageOptions, arrow_filesystem, committed, filesystem
 
 LIST_COLUMNS = ("dataset", "image_id", "identity")
 METADATA_KEY = b"fiqa.export"

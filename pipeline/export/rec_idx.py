@@ -35,7 +35,6 @@ from pipeline.export.base import (
     ExportError,
     ExportPlan,
     ExportSummary,
-    committed,
     problem,
     require_empty,
     summary_for,
@@ -55,7 +54,7 @@ from pipeline.formats.rec import (
     unpack_image_header,
 )
 from pipeline.shuffle import Part
-from pipeline.storage import StorageOptions, arrow_filesystem, filesystem, parse_uri
+from pipeline.storage import StorageOptions, arrow_filesystem, committed, filesystem, parse_uri
 
 LST = "train.lst"
 PIECE = pa.schema(
