@@ -10,10 +10,11 @@ Two passes over the training data, one Ray task per shard; memory grows with a s
 with the classes, never with the rows:
 
 1. describe: every readable, labelled image, and `copies` degraded copies of it, go through
-   the teacher. A copy gets one pixel-level degradation of `fiqa synth`'s catalogue, drawn
-   from the run's seed and the image id (`copy_degradations`), so the training loop redraws
-   the same copy from the same bytes. The descriptors go to `descriptors/<shard>.parquet`;
-   the task returns its per-class sums of the as-read images (copy 0).
+   the teacher. A copy gets one pixel-level degradation of `fiqa synth`'s catalogue (JPEG and
+   occlusion more often: `COPY_SHARES`), drawn from the run's seed and the image id
+   (`copy_degradations`), so the training loop redraws the same copy from the same bytes.
+   The descriptors go to `descriptors/<shard>.parquet`; the task returns its per-class sums
+   of the as-read images (copy 0).
 2. label: the driver makes the class centres, the per-class means less the mean over all
    as-read images (a pretrained model's descriptors share a large common part: on raw
    descriptors every cosine is near 0.9 and the CR hardly varies). Each task computes
@@ -64,12 +65,28 @@ def shard_file(key: str) -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:20]
 
 
+# Chances that a copy is of these kinds before the uniform draw over every pixel-level kind.
+# They are the kinds a small student learns slowest from the teacher's CR: at an equal share
+# JPEG (luma blocking) and occlusion stayed above -0.6 on real faces while blur, noise and
+# downsampling reached -0.9 (docs/benchmarks.md, "8x8 patches and copies weighted to JPEG").
+COPY_SHARES: tuple[tuple[str, float], ...] = (("jpeg", 0.4), ("occlusion", 0.2))
+_COPY_POLICY = synth.DegradationPolicy(
+    enabled=synth.PIXEL_DEGRADATIONS, probability=1.0, mix=(1.0,)
+)
+
+
 def copy_degradations(image_id: str, copy: int, seed: int) -> tuple[synth.Degradation, ...]:
-    """The degradation of an image's copy (none for copy 0), the same wherever it is drawn."""
+    """The degradation of an image's copy (none for copy 0), the same wherever it is drawn:
+    a kind of `COPY_SHARES` with its chance, else any pixel-level kind; severity uniform."""
     if copy == 0:
         return ()
-    policy = synth.DegradationPolicy(enabled=synth.PIXEL_DEGRADATIONS, probability=1.0, mix=(1.0,))
-    return policy.sample(np.random.default_rng([seed, zlib.crc32(image_id.encode()), copy]))
+    rng = np.random.default_rng([seed, zlib.crc32(image_id.encode()), copy])
+    draw = rng.random()
+    for kind, share in COPY_SHARES:
+        if draw < share:
+            return (synth.sample_degradation(kind, rng.uniform(), rng),)
+        draw -= share
+    return _COPY_POLICY.sample(rng)
 
 
 def with_copies(
@@ -111,6 +128,7 @@ class Plan:
         return {
             "teacher": self.teacher.model_dump(mode="json"),
             "copies": self.copies,
+            "copy_shares": dict(COPY_SHARES),
             "seed": self.seed,
             "classes": hashlib.sha1(identities.encode()).hexdigest(),
         }

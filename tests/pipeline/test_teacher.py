@@ -1,5 +1,6 @@
 """A pretrained teacher's CR as the quality target: labelling passes and their use in training."""
 
+import collections
 import glob
 import os
 
@@ -87,6 +88,17 @@ def test_a_copy_is_drawn_the_same_wherever_and_copy_zero_is_the_image():
     assert teacher.copy_degradations("a", 1, 0) != teacher.copy_degradations("b", 1, 0)
     assert teacher.copy_degradations("a", 1, 0) != teacher.copy_degradations("a", 1, 1)
     assert teacher.copy_degradations("a", 0, 0) == ()
+
+
+def test_copies_are_jpeg_and_occlusion_more_often_and_every_kind_still_occurs():
+    drawn = [teacher.copy_degradations(f"id-{i}", 1, 0) for i in range(4000)]
+    assert all(len(d) == 1 for d in drawn)
+    kinds = collections.Counter(d[0].name for d in drawn)
+    rest = 1 - sum(share for _, share in teacher.COPY_SHARES)
+    for kind in synth.PIXEL_DEGRADATIONS:
+        share = dict(teacher.COPY_SHARES).get(kind, 0) + rest / len(synth.PIXEL_DEGRADATIONS)
+        assert abs(kinds[kind] / len(drawn) - share) < 0.03, (kind, kinds[kind])
+    assert abs(np.mean([d[0].severity for d in drawn]) - 0.5) < 0.03
 
 
 def test_labels_hold_the_cr_of_every_image_and_copy_and_are_reused(
