@@ -7,7 +7,7 @@ import json
 import torch
 from pydantic import Field, model_validator
 
-from jobs.config import JobConfig, PresetName, register_verb
+from jobs.config import JobConfig, PresetName, add_verb, configure_verb
 from jobs.score import ScorerSettings
 from models.presets import Mode
 from models.vit_fiqa import create_model
@@ -102,77 +102,88 @@ def run_faces(config: BenchFacesConfig) -> None:
     print(json.dumps(result))
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "bench",
-        help="measure this machine (last line: JSON)",
-        description="benchmarks; each prints one JSON line last",
-    )
+def configure(parser) -> None:
     what = parser.add_subparsers(dest="what", metavar="WHAT", required=True)
-    register_verb(
-        what,
-        "model",
+    configure_verb(
+        add_verb(
+            what,
+            "model",
+            "inference images/s of a preset and its fraction of the GEMM rate",
+        ),
         BenchModelConfig,
         run_model,
-        summary="inference images/s of a preset and its fraction of the GEMM rate",
         example="fiqa bench model --preset vit-fiqa-cpu --batch-sizes 16 64 256",
     )
-    register_verb(
-        what,
-        "decode",
+    configure_verb(
+        add_verb(
+            what,
+            "decode",
+            "decode images/s per core of each JPEG backend vs the bare library",
+        ),
         BenchDecodeConfig,
         run_decode,
-        summary="decode images/s per core of each JPEG backend vs the bare library",
         example="fiqa bench decode --sizes 112 1024",
     )
-    register_verb(
-        what,
-        "synth",
+    configure_verb(
+        add_verb(
+            what,
+            "synth",
+            "synthetic faces rendered per second per core vs JPEG encoding alone",
+        ),
         BenchSynthConfig,
         run_synth,
-        summary="synthetic faces rendered per second per core vs JPEG encoding alone",
         example="fiqa bench synth --seconds 5",
     )
-    register_verb(
-        what,
-        "score",
+    configure_verb(
+        add_verb(
+            what,
+            "score",
+            "fiqa score with its defaults vs a bare loop on the same images; peak memory",
+        ),
         BenchScoreConfig,
         run_score,
-        summary="fiqa score with its defaults vs a bare loop on the same images; peak memory",
         example="fiqa bench score --commit-every 4",
     )
-    register_verb(
-        what,
-        "train",
+    configure_verb(
+        add_verb(
+            what,
+            "train",
+            "steady-state training images/s of fiqa train (1, 2 workers) vs a bare loop",
+        ),
         BenchTrainConfig,
         run_train,
-        summary="steady-state training images/s of fiqa train (1, 2 workers) vs a bare loop",
         example="fiqa bench train --batch-size 32 --steps 300 --workers 1 2",
     )
-    register_verb(
-        what,
-        "query",
+    configure_verb(
+        add_verb(
+            what,
+            "query",
+            "a quantile query over a generated manifest vs bare DuckDB on its files",
+        ),
         BenchQueryConfig,
         run_query,
-        summary="a quantile query over a generated manifest vs bare DuckDB on its files",
         example="fiqa bench query --rows 10000000",
     )
-    register_verb(
-        what,
-        "faces",
+    configure_verb(
+        add_verb(
+            what,
+            "faces",
+            "real packaged face photos degraded in steps of every kind: Spearman(severity, "
+            "quality) per kind and dlib's distance to the clean face (needs the dlib extra)",
+        ),
         BenchFacesConfig,
         run_faces,
-        summary="real packaged face photos degraded in steps of every kind: Spearman(severity, "
-        "quality) per kind and dlib's distance to the clean face (needs the dlib extra)",
         example="fiqa bench faces --model demo-output/model",
     )
-    register_verb(
-        what,
-        "scale",
+    configure_verb(
+        add_verb(
+            what,
+            "scale",
+            "filter, export, report and the shard lookup over an N-row manifest: peak "
+            "memory and seconds of each",
+        ),
         BenchScaleConfig,
         run_scale,
-        summary="filter, export, report and the shard lookup over an N-row manifest: peak "
-        "memory and seconds of each",
         example="fiqa bench scale --rows 5000000",
     )
 

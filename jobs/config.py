@@ -25,12 +25,13 @@ from pydantic import (
 )
 
 from pipeline.catalog import CatalogConfig
+from pipeline.errors import FiqaError
 from pipeline.formats import FormatName
 from pipeline.manifest import DEFAULT_TABLE
 from pipeline.storage import StorageOptions
 
 
-class ConfigError(ValueError):
+class ConfigError(FiqaError, ValueError):
     """An invalid job configuration; the message names every bad field."""
 
 
@@ -208,23 +209,26 @@ def gpus_or_none(value: Gpus) -> float | None:
     return None if value == "auto" else float(value)
 
 
-def register_verb(
-    subparsers,
-    name: str,
-    config_cls: type[JobConfig],
-    run: typing.Callable[[JobConfig], int | None],
-    *,
-    summary: str,
-    example: str,
-) -> argparse.ArgumentParser:
-    """Add verb `name` whose flags come from `config_cls` and whose action is `run(config)`."""
-    parser = subparsers.add_parser(
+def add_verb(subparsers, name: str, summary: str) -> argparse.ArgumentParser:
+    """A verb's parser, with `summary` as its help and description; `configure_verb` (in the
+    verb's module) adds the rest."""
+    return subparsers.add_parser(
         name,
         help=summary,
         description=summary,
-        epilog=f"example:\n  {example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def configure_verb(
+    parser: argparse.ArgumentParser,
+    config_cls: type[JobConfig],
+    run: typing.Callable[[JobConfig], int | None],
+    *,
+    example: str,
+) -> argparse.ArgumentParser:
+    """Give a verb's parser the flags of `config_cls`, an example, and `run(config)` to do."""
+    parser.epilog = f"example:\n  {example}"
     add_config_arguments(parser, config_cls)
     parser.set_defaults(
         func=lambda args: run(config_from_args(config_cls, args)), config_cls=config_cls

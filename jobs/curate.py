@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from jobs.config import JobConfig, JsonSummary, TableConfig, register_verb
+from jobs.config import JobConfig, JsonSummary, TableConfig, configure_verb
 from jobs.maintain import MaintenanceSettings
 from jobs.score import ScorerSettings
 from pipeline.curation import CurationPlan, curate
@@ -138,12 +138,10 @@ def run(config: CurateConfig) -> None:
         print(json.dumps(summary.to_dict(), default=str))
 
 
-def register(subparsers) -> None:
-    register_verb(
-        subparsers,
-        "curate",
+def configure(parser) -> None:
+    configure_verb(
+        parser,
         CurateConfig,
         run,
-        summary="one scheduled curation run: score what is new, filter, export, report, log",
         example="fiqa curate --config curate.yaml",
     )

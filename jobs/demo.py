@@ -23,9 +23,11 @@ from pathlib import Path
 
 from pydantic import Field
 
-from jobs.config import JobConfig, register_verb
+from jobs import cli
+from jobs.config import JobConfig, configure_verb
 from pipeline import command_log
 from pipeline.command_log import LOG_DIR
+from pipeline.errors import FiqaError
 from pipeline.evaluation import PLOT_FILE, RESULT_FILE, dlib_fr
 from pipeline.evaluation.methods import BASELINES, VIT_FIQA
 from pipeline.face_check import packaged_photos
@@ -37,7 +39,7 @@ TABLE = "demo.manifest"
 SIZES = {"full": (200, 20, 9, 60, 10), "quick": (40, 12, 2, 12, 8)}
 
 
-class DemoError(RuntimeError):
+class DemoError(FiqaError, RuntimeError):
     """A demo step failed; the message names it."""
 
 
@@ -67,12 +69,10 @@ class _Tee(io.TextIOBase):
 
 def fiqa(command: str, capture: bool = False) -> str:
     """Run one `fiqa` command line in this process; with `capture`, return what it printed."""
-    from jobs.cli import main
-
     print(f"\n$ fiqa {command}", flush=True)
     tee = _Tee(sys.stdout)
     with contextlib.redirect_stdout(tee) if capture else contextlib.nullcontext():
-        code = main(shlex.split(command))
+        code = cli.main(shlex.split(command))
     if code:
         verb = command.split()[0]
         raise DemoError(f"'fiqa {verb}' failed (exit code {code}); see its message above")
@@ -205,12 +205,10 @@ def summarise(out: Path, scored: dict, faces: dict | None, seconds: float) -> No
     )
 
 
-def register(subparsers) -> None:
-    register_verb(
-        subparsers,
-        "demo",
+def configure(parser) -> None:
+    configure_verb(
+        parser,
         DemoConfig,
         run,
-        summary="run the whole pipeline end to end on synthetic faces, locally",
         example="fiqa demo --quick",
     )

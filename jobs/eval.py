@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from jobs.config import DataConfig, Gpus, gpus_or_none, register_verb
+from jobs.config import DataConfig, Gpus, configure_verb, gpus_or_none
 from pipeline.evaluation import EvaluationPlan, FrModelSpec, SerFiq, evaluate, write_outputs
 from pipeline.evaluation.methods import METHODS
 
@@ -139,14 +139,11 @@ def run(config: EvalConfig) -> None:
         print(f"{name}: {uri}")
 
 
-def register(subparsers) -> None:
-    register_verb(
-        subparsers,
-        "eval",
+def configure(parser) -> None:
+    configure_verb(
+        parser,
         EvalConfig,
         run,
-        summary="rank ViT-FIQA against baseline quality methods by EDC pAUC, with the "
-        "model's own FR head and any other FR models (artifacts or ONNX)",
         example="fiqa eval --model bench/model --data bench/eval --format wds "
         "--fr-model bench/model-arcface --out bench/eval-result",
     )

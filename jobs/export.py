@@ -6,7 +6,7 @@ import json
 
 from pydantic import Field, model_validator
 
-from jobs.config import JsonSummary, TableConfig, register_verb
+from jobs.config import JsonSummary, TableConfig, configure_verb
 from pipeline.export import ExportPlan, ExportSummary, ExportTarget, export
 from pipeline.export.base import RECORD
 from pipeline.selection import selection_name
@@ -89,13 +89,11 @@ def print_summary(summary: ExportSummary, dry_run: bool = False) -> None:
     print(f"output: {summary.out}")
 
 
-def register(subparsers) -> None:
-    register_verb(
-        subparsers,
-        "export",
+def configure(parser) -> None:
+    configure_verb(
+        parser,
         ExportConfig,
         run,
-        summary="write a selection's kept images as a training set (rec-idx, wds, list, parquet)",
         example="fiqa export --selection ms1mv2_q30 --table faces.quality --to rec-idx "
         "--out s3://faces/ms1mv2-q30",
     )

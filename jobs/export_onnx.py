@@ -6,7 +6,7 @@ import logging
 
 from pydantic import Field
 
-from jobs.config import JobConfig, register_verb
+from jobs.config import JobConfig, configure_verb
 from models.artifact import load_artifact
 from models.export import export_onnx
 
@@ -29,12 +29,10 @@ def run(config: ExportOnnxConfig) -> None:
     print(f"onnx: {config.out} (model_id {artifact.model_id})")
 
 
-def register(subparsers) -> None:
-    register_verb(
-        subparsers,
-        "export-onnx",
+def configure(parser) -> None:
+    configure_verb(
+        parser,
         ExportOnnxConfig,
         run,
-        summary="export an artifact's inference graph to ONNX",
         example="fiqa export-onnx --model models/vit-fiqa-s --out vit-fiqa-s.onnx",
     )

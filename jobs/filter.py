@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from pydantic import Field
 
-from jobs.config import ConfigError, JsonSummary, TableConfig, register_verb, validate
+from jobs.config import ConfigError, JsonSummary, TableConfig, configure_verb, validate
 from pipeline.catalog import open_catalog
 from pipeline.filtering import Filtered, filter_manifest
 from pipeline.policy import RULES, FilterPolicy
@@ -69,13 +69,11 @@ def print_filtered(name: str, result: Filtered) -> None:
     print(f"selection: {name} (snapshot {result.snapshot_id})")
 
 
-def register(subparsers) -> None:
-    register_verb(
-        subparsers,
-        "filter",
+def configure(parser) -> None:
+    configure_verb(
+        parser,
         FilterConfig,
         run,
-        summary="select the images a training set keeps, by quality rules, into a selection table",
         example="fiqa filter --table faces.quality --drop-bottom-percent-per-identity 10 "
         "--min-images-per-identity 10 --out ms1mv2_clean",
     )

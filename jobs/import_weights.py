@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from jobs.config import JobConfig, PresetName, register_verb
+from jobs.config import JobConfig, PresetName, configure_verb
 from models.artifact import save_artifact
 from models.weights import import_weights
 
@@ -43,12 +43,10 @@ def run(config: ImportWeightsConfig) -> None:
     print(f"artifact: {config.out} (model_id {model_id}, {model.config.mode} mode)")
 
 
-def register(subparsers) -> None:
-    register_verb(
-        subparsers,
-        "import-weights",
+def configure(parser) -> None:
+    configure_verb(
+        parser,
         ImportWeightsConfig,
         run,
-        summary="import released ViT-FIQA or insightface ViT weights (.pt)",
         example="fiqa import-weights --from official-vit-fiqa model.pt --out models/vit-fiqa-s",
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from jobs.config import StorageConfig, register_verb
+from jobs.config import StorageConfig, configure_verb
 from pipeline.formats.folder import INDEX_DIR, write_index
 from pipeline.storage import filesystem, parse_uri
 
@@ -32,12 +32,10 @@ def run(config: IndexConfig) -> None:
     print(f"index: {len(paths)} shards at {out.uri}")
 
 
-def register(subparsers) -> None:
-    register_verb(
-        subparsers,
-        "index",
+def configure(parser) -> None:
+    configure_verb(
+        parser,
         IndexConfig,
         run,
-        summary="list a folder dataset once into Parquet index shards",
         example="fiqa index --data s3://faces/webface-folder",
     )

@@ -7,7 +7,7 @@ import logging
 import torch
 from pydantic import Field
 
-from jobs.config import JobConfig, PresetName, register_verb
+from jobs.config import JobConfig, PresetName, configure_verb
 from models.artifact import save_artifact
 from models.presets import Mode
 from models.vit_fiqa import create_model
@@ -32,12 +32,10 @@ def run(config: InitModelConfig) -> None:
     print(f"artifact: {config.out} (model_id {model_id})")
 
 
-def register(subparsers) -> None:
-    register_verb(
-        subparsers,
-        "init-model",
+def configure(parser) -> None:
+    configure_verb(
+        parser,
         InitModelConfig,
         run,
-        summary="write a freshly initialised model artifact",
         example="fiqa init-model --preset vit-fiqa-cpu --mode token --out models/fresh",
     )

@@ -6,7 +6,7 @@ import json
 
 from pydantic import Field
 
-from jobs.config import DataConfig, JsonSummary, register_verb
+from jobs.config import DataConfig, JsonSummary, configure_verb
 from pipeline.cluster import connect
 from pipeline.inspection import inspect_dataset
 
@@ -40,12 +40,10 @@ def run(config: InspectConfig) -> None:
         print(json.dumps(summary.to_dict()))
 
 
-def register(subparsers) -> None:
-    register_verb(
-        subparsers,
-        "inspect",
+def configure(parser) -> None:
+    configure_verb(
+        parser,
         InspectConfig,
         run,
-        summary="count shards, images, identities, statuses and image sizes",
         example="fiqa inspect --data s3://faces/ms1mv2 --format rec --json",
     )

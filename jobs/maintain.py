@@ -8,7 +8,7 @@ import re
 
 from pydantic import Field, field_validator
 
-from jobs.config import JobConfig, JsonSummary, TableConfig, register_verb
+from jobs.config import JobConfig, JsonSummary, TableConfig, configure_verb
 from pipeline.catalog import open_catalog
 from pipeline.maintenance import MaintenancePlan, MaintenanceSummary, MiB, maintain
 
@@ -124,13 +124,11 @@ def print_summary(summary: MaintenanceSummary) -> None:
     print(f"location: {summary.location}")
 
 
-def register(subparsers) -> None:
-    parser = register_verb(
-        subparsers,
-        "maintain",
+def configure(parser) -> None:
+    parser = configure_verb(
+        parser,
         MaintainConfig,
         run,
-        summary="compact a manifest's small data files, expire old snapshots, remove orphan files",
         example="fiqa maintain --table faces.quality --keep-last 100 --expire-older-than 7d",
     )
     parser.epilog += "\n\n" + MORE

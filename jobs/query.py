@@ -13,7 +13,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
-from jobs.config import TableConfig, register_verb
+from jobs.config import TableConfig, configure_verb
 from pipeline.catalog import open_catalog
 from pipeline.query import open_query
 from pipeline.storage import filesystem
@@ -144,13 +144,11 @@ def run(config: QueryConfig) -> None:
     print(f"{result.num_rows} rows from snapshot {query.snapshot_id} written to {config.out}")
 
 
-def register(subparsers) -> None:
-    parser = register_verb(
-        subparsers,
-        "query",
+def configure(parser) -> None:
+    parser = configure_verb(
+        parser,
         QueryConfig,
         run,
-        summary="run read-only SQL over the manifest ('manifest') and selections (by name)",
         example='fiqa query "SELECT status, count(*) FROM manifest GROUP BY status"',
     )
     parser.epilog = EXAMPLES

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from jobs.config import ConfigError, TableConfig, register_verb
+from jobs.config import ConfigError, TableConfig, configure_verb
 from pipeline.catalog import open_catalog
 from pipeline.manifest import dataset_sources
 from pipeline.query import open_query
@@ -75,13 +75,11 @@ def run(config: ReportConfig) -> None:
     print(f"report of {config.table} (snapshot {query.snapshot_id}): {summary.index}")
 
 
-def register(subparsers) -> None:
-    register_verb(
-        subparsers,
-        "report",
+def configure(parser) -> None:
+    configure_verb(
+        parser,
         ReportConfig,
         run,
-        summary="write a static HTML report of a manifest, a selection and EDC curves",
         example="fiqa report --table faces.quality --selection ms1mv2_clean "
         "--eval edc.json --out reports/ms1mv2",
     )

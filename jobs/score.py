@@ -14,8 +14,8 @@ from jobs.config import (
     JobConfig,
     JsonSummary,
     TableConfig,
+    configure_verb,
     gpus_or_none,
-    register_verb,
 )
 from pipeline.scoring import ScoringPlan, score
 from pipeline.storage import parse_uri
@@ -121,13 +121,11 @@ def run(config: ScoreConfig) -> None:
         print(json.dumps(summary.to_dict()))
 
 
-def register(subparsers) -> None:
-    register_verb(
-        subparsers,
-        "score",
+def configure(parser) -> None:
+    configure_verb(
+        parser,
         ScoreConfig,
         run,
-        summary="score a dataset into the quality manifest, exactly once per model",
         example="fiqa score --model models/vit-fiqa-s --data s3://faces/ms1mv2 "
         "--format rec --table faces.quality",
     )

@@ -19,7 +19,9 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from jobs.config import JobConfig, register_verb
+from jobs import cli
+from jobs.config import JobConfig, configure_verb
+from pipeline.errors import FiqaError
 
 # Never uploaded: environments, caches and outputs that are not the project.
 EXCLUDES = [
@@ -33,7 +35,7 @@ EXCLUDES = [
 ]
 
 
-class SubmitError(RuntimeError):
+class SubmitError(FiqaError, RuntimeError):
     """A job that could not be submitted, or did not succeed."""
 
 
@@ -77,12 +79,10 @@ def entrypoint(command: list[str], uploaded: bool) -> str:
 def run(config: SubmitConfig) -> int:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from jobs.cli import build_parser  # here: the command line imports this verb
-
     command = config.command[1:] if config.command[:1] == ["--"] else config.command
     if not command or command[0] == "submit":
         raise SubmitError("give the fiqa verb to run after --, e.g. fiqa submit -- score ...")
-    build_parser().parse_args(command)  # a typo fails here, not minutes later on the cluster
+    cli.parse(command)  # a typo fails here, not minutes later on the cluster
     address = config.address or os.environ.get("RAY_ADDRESS")
     if not address:
         raise SubmitError("no cluster: pass --address http://HOST:8265 or set RAY_ADDRESS")
@@ -112,13 +112,11 @@ async def follow(client, job_id: str) -> None:
         print(lines, end="", flush=True)
 
 
-def register(subparsers) -> None:
-    parser = register_verb(
-        subparsers,
-        "submit",
+def configure(parser) -> None:
+    parser = configure_verb(
+        parser,
         SubmitConfig,
         run,
-        summary="run a fiqa verb as a Ray job on a running cluster (Ray Jobs API)",
         example="fiqa submit --address http://ray-head:8265 -- curate --config curate.yaml",
     )
     parser.add_argument(

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from tqdm import tqdm
 
-from jobs.config import StorageConfig, register_verb
+from jobs.config import StorageConfig, configure_verb
 from pipeline import synth
 from pipeline.formats import FormatName, get_format
 from pipeline.storage import filesystem, parse_uri
@@ -101,13 +101,11 @@ def run(config: SynthConfig) -> None:
     print(f"dataset: {parse_uri(config.out).uri} (format {config.format})")
 
 
-def register(subparsers) -> None:
-    register_verb(
-        subparsers,
-        "synth",
+def configure(parser) -> None:
+    configure_verb(
+        parser,
         SynthConfig,
         run,
-        summary="write synthetic labelled faces with graded degradations",
         example="fiqa synth --identities 100 --per-identity 20 --format rec "
         "--out s3://faces/synth-train",
     )

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from jobs.config import AutoCount, Gpus, PresetName, StorageConfig, gpus_or_none, register_verb
+from jobs.config import AutoCount, Gpus, PresetName, StorageConfig, configure_verb, gpus_or_none
 from models.presets import Mode
 from pipeline.augment import AUGMENTATIONS, UTILITY_PRESERVING, check_augmentations
 from pipeline.evaluation.fr_models import FrModelSpec
@@ -188,13 +188,11 @@ def summary_table(last: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def register(subparsers) -> None:
-    register_verb(
-        subparsers,
-        "train",
+def configure(parser) -> None:
+    configure_verb(
+        parser,
         TrainConfig,
         run,
-        summary="fit ViT-FIQA with Ray Train (checkpoints, resume, fault tolerance)",
         example="fiqa train --data s3://faces/train --format wds --eval-data s3://faces/eval "
         "--num-workers 2 --epochs 20 --storage-path s3://faces/runs --run-name v1 "
         "--out s3://faces/models/v1",

@@ -20,6 +20,7 @@ from safetensors.torch import save as save_safetensors
 
 from models.presets import ViTFIQAConfig
 from models.vit_fiqa import ViTFIQA
+from pipeline.errors import FiqaError
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -27,7 +28,7 @@ FORMAT = "vit-fiqa-artifact"
 FORMAT_VERSION = 1
 
 
-class ArtifactError(ValueError):
+class ArtifactError(FiqaError, ValueError):
     """An artifact directory that is missing, corrupt or of an unknown format."""
 
 

@@ -19,6 +19,7 @@ import torch
 
 from models.presets import get_preset
 from models.vit_fiqa import ViTFIQA
+from pipeline.errors import FiqaError
 
 Source = Literal["official-vit-fiqa", "insightface-vit"]
 SOURCES: tuple[str, ...] = ("official-vit-fiqa", "insightface-vit")
@@ -26,7 +27,7 @@ SOURCES: tuple[str, ...] = ("official-vit-fiqa", "insightface-vit")
 QUALITY_KEYS = ("qs_token", "head_qs.")
 
 
-class WeightsError(ValueError):
+class WeightsError(FiqaError, ValueError):
     """A weights file that cannot be imported; the message names the problem."""
 
 

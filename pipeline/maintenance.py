@@ -45,6 +45,7 @@ from pyiceberg.table.snapshots import Snapshot
 from pyiceberg.table.update.snapshot import ExpireSnapshots
 
 from pipeline.datafiles import FileLayout, append_files, name_mapping, write_data_file
+from pipeline.errors import FiqaError
 from pipeline.manifest import ARROW_SCHEMA, open_table, partition_files
 from pipeline.storage import StorageOptions, arrow_filesystem, parse_uri
 
@@ -58,7 +59,7 @@ COMMIT_ATTEMPTS = 5
 MiB = 2**20
 
 
-class MaintenanceError(ValueError):
+class MaintenanceError(FiqaError, ValueError):
     """Maintenance that cannot go on (no such table, a table it must not compact, or
     commits that kept losing to concurrent writers); nothing half-done is left behind."""
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.errors import FiqaError
 from pipeline.query import ManifestQuery, QueryError, sql_literal
 from pipeline.selection import KEPT
 
@@ -43,7 +44,7 @@ RULES = (
 )
 
 
-class PolicyError(ValueError):
+class PolicyError(FiqaError, ValueError):
     """A policy that cannot be applied to this manifest (no rows, unknown model_id)."""
 
 

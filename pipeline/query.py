@@ -26,6 +26,7 @@ from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.table import Table
 
+from pipeline.errors import FiqaError
 from pipeline.maintenance import EXPIRED_BEFORE, snapshot_time
 from pipeline.manifest import ARROW_SCHEMA
 from pipeline.runlog import ARROW_SCHEMA as RUN_LOG_SCHEMA
@@ -46,7 +47,7 @@ _SANDBOX = {
 }
 
 
-class QueryError(ValueError):
+class QueryError(FiqaError, ValueError):
     """A query that is refused (not read-only) or fails; the message says why."""
 
 

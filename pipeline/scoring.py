@@ -39,6 +39,7 @@ from pipeline.cluster import connect
 from pipeline.datafiles import FileLayout, append_files
 from pipeline.datasource import END_FIELD, ShardDatasource, read_shards
 from pipeline.decode import OK, DecodeOptions, decode_pixels, to_model_input
+from pipeline.errors import FiqaError
 from pipeline.formats import get_format
 from pipeline.formats.base import Shard
 from pipeline.ledger import SCORER, ShardLedger, ShardProgress, write_shard_files
@@ -295,7 +296,7 @@ def manifest_records(
     )
 
 
-class ScoringError(RuntimeError):
+class ScoringError(FiqaError, RuntimeError):
     """A scoring run that could not commit its work."""
 
 

@@ -32,6 +32,7 @@ from pyiceberg.types import BooleanType, FloatType, NestedField, StringType
 
 from pipeline.catalog import NO_REBASE, ensure_namespace, with_properties
 from pipeline.datafiles import FileLayout, name_mapping, write_data_file
+from pipeline.errors import FiqaError
 from pipeline.storage import StorageOptions
 
 KEPT = "kept"
@@ -54,7 +55,7 @@ ICEBERG_SCHEMA = Schema(
 ARROW_SCHEMA = pa.schema([(name, kind) for name, _, kind in COLUMNS])
 
 
-class SelectionError(ValueError):
+class SelectionError(FiqaError, ValueError):
     """A selection that does not exist or was not written by `fiqa filter`."""
 
 

@@ -23,10 +23,12 @@ import fsspec
 import pyarrow.fs as pafs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from pipeline.errors import FiqaError
+
 PROTOCOLS = ("file", "s3", "memory")
 
 
-class StorageError(ValueError):
+class StorageError(FiqaError, ValueError):
     """A URI that cannot be served, or an object that is not where it should be."""
 
 

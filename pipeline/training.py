@@ -55,6 +55,7 @@ from pipeline.class_shard import ClassShard, slice_state, sum_gradients
 from pipeline.cluster import connect
 from pipeline.datasource import read_samples
 from pipeline.decode import OK, DecodeOptions, decode_batch, to_model_input
+from pipeline.errors import FiqaError
 from pipeline.evaluation.fr_models import FrModelSpec
 from pipeline.formats import get_format
 from pipeline.storage import StorageOptions, arrow_filesystem, filesystem, parse_uri
@@ -77,7 +78,7 @@ DEGRADE = 0.5
 TEACHER_DIR = "teacher"  # in the run's folder: the teacher's descriptors and labels
 
 
-class TrainingError(RuntimeError):
+class TrainingError(FiqaError, RuntimeError):
     """A training run that cannot start (no data) or did not finish."""
 
 

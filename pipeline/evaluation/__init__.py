@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from models.artifact import load_artifact
+from pipeline.errors import FiqaError
 from pipeline.evaluation import edc, methods
 from pipeline.evaluation.features import FeaturePass, Features, SerFiq, compute_features
 from pipeline.evaluation.fr_models import FrModelSpec, Metric, load_fr_model
@@ -36,7 +37,7 @@ SUMMARY_QUANTILES = (0.01, 0.05, 0.5, 0.95, 0.99)
 BOOTSTRAP_TAG = 0xB007  # RNG key of the resamples, apart from pair sampling's
 
 
-class EvaluationError(ValueError):
+class EvaluationError(FiqaError, ValueError):
     """An evaluation that cannot run as asked (bad method list, unusable dataset)."""
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import fsspec
 
 from pipeline.catalog import CatalogConfig
+from pipeline.errors import FiqaError
 from pipeline.storage import StorageOptions, committed
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ _DIGITS = re.compile(r"([0-9]+)")
 _LINES_PER_WRITE = 1 << 16
 
 
-class ExportError(ValueError):
+class ExportError(FiqaError, ValueError):
     """An export that cannot be made as asked; the message says why and what to do."""
 
 

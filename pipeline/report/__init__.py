@@ -12,6 +12,7 @@ import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pipeline.errors import FiqaError
 from pipeline.query import ManifestQuery
 from pipeline.report import charts, queries
 from pipeline.report.edc import EdcResult
@@ -25,7 +26,7 @@ INDEX = "index.html"
 MEMORY_LIMIT = "256MB"
 
 
-class ReportError(ValueError):
+class ReportError(FiqaError, ValueError):
     """A report that cannot be made as asked (e.g. a model the manifest does not hold)."""
 
 

@@ -35,6 +35,24 @@ def test_every_verb_explains_itself():
             assert re.search(r"^examples?:$", parser.format_help(), re.MULTILINE), leaf
 
 
+def test_the_command_line_and_a_light_verb_import_neither_torch_nor_ray():
+    probe = """
+import contextlib, io, sys
+import jobs.cli
+at_import = sorted({"torch", "ray"} & set(sys.modules))
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        jobs.cli.main(["query", "--help"])
+    except SystemExit:
+        pass
+print(at_import, sorted({"torch", "ray"} & set(sys.modules)))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300
+    )
+    assert result.stdout.split("\n")[-2] == "[] []", result.stdout + result.stderr
+
+
 def test_help_lists_the_verbs_and_each_verb_has_an_example():
     result = fiqa("--help")
     assert result.returncode == 0
