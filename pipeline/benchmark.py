@@ -22,7 +22,7 @@ from PIL import Image, features
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from models.vit_fiqa import ViTFIQA
-from pipeline import decode
+from pipeline import decode, status
 from pipeline.catalog import CatalogConfig
 from pipeline.cluster import connect
 
@@ -166,7 +166,7 @@ def _bench_backend(
     ours = functools.partial(
         decode.decode_image, options=decode.DecodeOptions(jpeg_backend=backend)
     )
-    if failed := [d.error for d in map(ours, jpegs) if d.status != decode.OK]:
+    if failed := [d.error for d in map(ours, jpegs) if d.status != status.OK]:
         raise RuntimeError(f"{backend} failed on the bench's own images: {failed[0]}")
     images_per_s = rate(_cycling(ours, jpegs), seconds)
     bare_per_s = rate(_cycling(bare, jpegs), seconds)

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pyiceberg.exceptions import CommitFailedException
 
 from pipeline.catalog import CatalogConfig, open_catalog
-from pipeline.decode import OK
 from pipeline.export import ExportPlan, export
 from pipeline.export.base import RECORD
 from pipeline.filtering import filter_manifest
@@ -40,6 +39,7 @@ from pipeline.report import MEMORY_LIMIT as REPORT_MEMORY
 from pipeline.runlog import append_run
 from pipeline.scoring import COMMIT_ATTEMPTS, ScoringPlan, score
 from pipeline.selection import SelectionError, selection_head
+from pipeline.status import OK
 from pipeline.storage import StorageOptions, filesystem, parse_uri
 
 SUCCEEDED, FAILED = "succeeded", "failed"

@@ -21,7 +21,8 @@ from ray.data.datasource import Datasource, ReadTask
 
 from pipeline.cluster import connect
 from pipeline.formats import get_format
-from pipeline.formats.base import OK, SAMPLE_SCHEMA, Shard, ShardError, read_error, wanted_of
+from pipeline.formats.base import SAMPLE_SCHEMA, Shard, ShardError, read_error, wanted_of
+from pipeline.status import OK
 from pipeline.storage import StorageOptions, filesystem
 
 # Scoring reads with `mark_end`: each shard's last row carries the shard's row count, so
@@ -144,7 +145,7 @@ class ShardDatasource(Datasource):
 
 
 def read_shards(source: ShardDatasource) -> ray.data.Dataset:
-    """A Ray dataset of sample rows (DESIGN.md's contract) from `source`."""
+    """A Ray dataset of sample rows (`formats.base.SAMPLE_SCHEMA`) from `source`."""
     connect()
     # One block stream per shard: Ray would otherwise split small shards into many tiny
     # blocks to reach its default parallelism, which only adds scheduling overhead.

@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from pipeline.status import DECODE_ERROR, OK, TOO_LARGE, UNSUPPORTED
+
 try:
     import simplejpeg
 except ImportError:  # optional: Pillow decodes everything without it
@@ -50,10 +52,6 @@ if TYPE_CHECKING:
 
     from models.artifact import InputSpec
 
-OK = "ok"
-DECODE_ERROR = "decode_error"
-UNSUPPORTED = "unsupported"
-TOO_LARGE = "too_large"
 
 # What face-recognition datasets ship in; MPO comes in through the JPEG plugin.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM")

@@ -16,7 +16,7 @@ import numpy as np
 import PIL.Image
 
 from pipeline.datasource import ShardDatasource, read_shards
-from pipeline.formats.base import OK
+from pipeline.status import OK
 from pipeline.storage import StorageOptions
 
 SIZE_BUCKETS = ("112x112", "<64", "64-111", "112-255", "256-511", ">=512")

@@ -38,7 +38,7 @@ from pipeline.catalog import CatalogConfig, open_catalog
 from pipeline.cluster import connect
 from pipeline.datafiles import FileLayout, append_files
 from pipeline.datasource import END_FIELD, ShardDatasource, read_shards
-from pipeline.decode import OK, DecodeOptions, decode_pixels, to_model_input
+from pipeline.decode import DecodeOptions, decode_pixels, to_model_input
 from pipeline.errors import FiqaError
 from pipeline.formats import get_format
 from pipeline.formats.base import Shard
@@ -51,6 +51,7 @@ from pipeline.manifest import (
     open_table,
     shards_committed_since,
 )
+from pipeline.status import OK
 from pipeline.storage import StorageError, StorageOptions, arrow_filesystem, filesystem
 
 log = logging.getLogger(__name__)

@@ -11,10 +11,11 @@ a move), for every writer whose files are read as complete when they exist.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import posixpath
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import urlparse
@@ -24,6 +25,8 @@ import pyarrow.fs as pafs
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from pipeline.errors import FiqaError
+
+_LINES_PER_WRITE = 1 << 16
 
 PROTOCOLS = ("file", "s3", "memory")
 
@@ -156,6 +159,13 @@ def arrow_filesystem(
         ), location.path
     fs = fsspec_filesystem(location.protocol, options)
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), location.path
+
+
+def write_lines(out: BinaryIO, lines: Iterable[str]) -> None:
+    """Text lines written in blocks: one write call per line costs more than formatting it."""
+    lines = iter(lines)
+    while block := list(itertools.islice(lines, _LINES_PER_WRITE)):
+        out.write("".join(block).encode())
 
 
 @contextlib.contextmanager

@@ -44,8 +44,9 @@ import ray
 
 from pipeline import synth
 from pipeline.datasource import shard_rows
-from pipeline.decode import OK, decode_batch
+from pipeline.decode import decode_batch
 from pipeline.evaluation.fr_models import FrModelSpec, load_fr_model
+from pipeline.status import OK
 from pipeline.storage import StorageOptions, committed, filesystem
 
 DESCRIPTORS, LABELS = "descriptors", "labels"

@@ -54,10 +54,11 @@ from pipeline.augment import UTILITY_PRESERVING, augment
 from pipeline.class_shard import ClassShard, slice_state, sum_gradients
 from pipeline.cluster import connect
 from pipeline.datasource import read_samples
-from pipeline.decode import OK, DecodeOptions, decode_batch, to_model_input
+from pipeline.decode import DecodeOptions, decode_batch, to_model_input
 from pipeline.errors import FiqaError
 from pipeline.evaluation.fr_models import FrModelSpec
 from pipeline.formats import get_format
+from pipeline.status import OK
 from pipeline.storage import StorageOptions, arrow_filesystem, filesystem, parse_uri
 from pipeline.verification import spearman, verification
 

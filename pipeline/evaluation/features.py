@@ -19,10 +19,11 @@ from tqdm import tqdm
 
 from models.artifact import Artifact
 from pipeline.datasource import shard_rows
-from pipeline.decode import OK, DecodeOptions, decode_batch, to_model_input
+from pipeline.decode import DecodeOptions, decode_batch, to_model_input
 from pipeline.evaluation import methods
 from pipeline.evaluation.fr_models import FrModel, Metric, resize
 from pipeline.formats import get_format
+from pipeline.status import OK
 from pipeline.storage import StorageOptions, filesystem
 
 

@@ -7,10 +7,8 @@ import json
 import posixpath
 import re
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from itertools import islice
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 import fsspec
 
@@ -25,7 +23,6 @@ RECORD = "_export.json"  # the completion record of a folder export, written las
 PARTIAL = "_partial"  # where a folder export's shards are written before they move into place
 MISSING, UNREADABLE, UNSUPPORTED = "missing", "unreadable", "unsupported"
 _DIGITS = re.compile(r"([0-9]+)")
-_LINES_PER_WRITE = 1 << 16
 
 
 class ExportError(FiqaError, ValueError):
@@ -101,13 +98,6 @@ def require_empty(fs: fsspec.AbstractFileSystem, root: str, uri: str) -> None:
     """Folder exports go to a new place, so that no earlier file mixes into this one."""
     if fs.exists(root) and fs.ls(root):
         raise ExportError(f"--out {uri} is not empty; export to a new folder (or remove it)")
-
-
-def write_lines(out: BinaryIO, lines: Iterable[str]) -> None:
-    """Writes in blocks: one write call per line costs more than formatting the line."""
-    lines = iter(lines)
-    while block := list(islice(lines, _LINES_PER_WRITE)):
-        out.write("".join(block).encode())
 
 
 def write_record(fs: fsspec.AbstractFileSystem, root: str, summary: ExportSummary) -> str:

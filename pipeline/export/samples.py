@@ -42,8 +42,9 @@ from pipeline.export.base import (
 )
 from pipeline.export.kept import Group, Kept, for_each_group, plan_groups
 from pipeline.formats import get_format
-from pipeline.formats.base import OK, Shard, ShardError
+from pipeline.formats.base import Shard, ShardError
 from pipeline.shuffle import Part, read_parts, run_tasks, scatter
+from pipeline.status import OK
 from pipeline.storage import StorageOptions, filesystem
 
 # Leading bytes of the image formats a WebDataset shard names by extension.

@@ -1,6 +1,6 @@
 """What every dataset format provides: shard listing, a streaming shard reader and a writer.
 
-A reader yields sample rows (DESIGN.md's contract) and never raises for bad content: what is
+A reader yields sample rows (`SAMPLE_SCHEMA`) and never raises for bad content: what is
 readable comes through with status `ok`, what is not becomes a row with status `read_error`
 and a message, or, when not even the keys can be recovered, a `ShardError` naming the shard
 (the caller records it; the job goes on with the other shards).
@@ -16,8 +16,7 @@ from typing import ClassVar
 import fsspec
 import pyarrow as pa
 
-OK = "ok"
-READ_ERROR = "read_error"
+from pipeline.status import OK, READ_ERROR
 
 SAMPLE_SCHEMA = pa.schema(
     [

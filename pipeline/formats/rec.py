@@ -32,7 +32,7 @@ import tempfile
 from array import array
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from itertools import islice, pairwise
+from itertools import pairwise
 from typing import BinaryIO, NamedTuple
 
 import fsspec
@@ -48,7 +48,7 @@ from pipeline.formats.base import (
     read_error,
     sample,
 )
-from pipeline.storage import parse_uri
+from pipeline.storage import parse_uri, write_lines
 
 REC, IDX, PROPERTY, NAMES = "train.rec", "train.idx", "property", "identities.tsv"
 INDEX_BLOCK_BYTES = 16 << 20  # of a `.idx` read in blocks
@@ -63,7 +63,6 @@ _IMAGE_HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2
 # Keys live in float32 labels (header and identity records), exact up to 2**24 only.
 _MAX_LABEL = 1 << 24
 _COPY_CHUNK = 8 << 20
-_LINES_PER_WRITE = 1 << 16
 
 
 class RecordError(ValueError):
@@ -644,7 +643,7 @@ class RecWriter(DatasetWriter):
                 out.write(record)
                 pos += len(record)
         with fs.open(posixpath.join(self._root, IDX), "wb") as out:
-            _write_lines(out, _index_lines(len(header), self._offsets, first, identity_offsets))
+            write_lines(out, _index_lines(len(header), self._offsets, first, identity_offsets))
         with fs.open(posixpath.join(self._root, PROPERTY), "wb") as out:
             out.write(f"{classes},{IMAGE_SIZE[0]},{IMAGE_SIZE[1]}\n".encode())
         self._write_names()
@@ -659,7 +658,7 @@ class RecWriter(DatasetWriter):
                 self._fs.rm(path)
             return
         with self._fs.open(path, "wb") as out:
-            _write_lines(out, (f"{c}\t{name}\n" for c, name in enumerate(self._names)))
+            write_lines(out, (f"{c}\t{name}\n" for c, name in enumerate(self._names)))
 
 
 def _index_lines(
@@ -673,10 +672,3 @@ def _index_lines(
         yield f"{key}\t{header_size + offset}\n"
     for key, offset in enumerate(identity_offsets, first_identity):
         yield f"{key}\t{offset}\n"
-
-
-def _write_lines(out: BinaryIO, lines: Iterable[str]) -> None:
-    """Writes in blocks: one write call per line costs more than formatting the line."""
-    lines = iter(lines)
-    while block := list(islice(lines, _LINES_PER_WRITE)):
-        out.write("".join(block).encode())

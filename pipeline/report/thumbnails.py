@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from PIL import Image
 
 from pipeline.datasource import fetch_images
-from pipeline.decode import OK, DecodeOptions, decode_image
+from pipeline.decode import DecodeOptions, decode_image
+from pipeline.status import OK
 from pipeline.storage import StorageOptions
 
 log = logging.getLogger(__name__)

@@ -12,16 +12,8 @@ from models.artifact import InputSpec
 from models.export import InferenceGraph
 from pipeline import decode
 from pipeline.benchmark import bench_decode
-from pipeline.decode import (
-    DECODE_ERROR,
-    OK,
-    TOO_LARGE,
-    UNSUPPORTED,
-    DecodeOptions,
-    decode_batch,
-    decode_image,
-    to_model_input,
-)
+from pipeline.decode import DecodeOptions, decode_batch, decode_image, to_model_input
+from pipeline.status import DECODE_ERROR, OK, TOO_LARGE, UNSUPPORTED
 
 HAVE_SIMPLEJPEG = decode.simplejpeg is not None
 needs_simplejpeg = pytest.mark.skipif(not HAVE_SIMPLEJPEG, reason="simplejpeg not installed")

@@ -8,8 +8,9 @@ import pytest
 from PIL import Image
 
 from pipeline.formats import FORMATS, get_format
-from pipeline.formats.base import READ_ERROR, ShardError
+from pipeline.formats.base import ShardError
 from pipeline.formats.folder import FolderFormat, write_index
+from pipeline.status import READ_ERROR
 from pipeline.storage import filesystem
 
 

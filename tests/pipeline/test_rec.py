@@ -11,7 +11,7 @@ import fsspec
 import pytest
 
 from pipeline.formats import rec
-from pipeline.formats.base import OK, READ_ERROR, Shard, ShardError
+from pipeline.formats.base import Shard, ShardError
 from pipeline.formats.rec import (
     MAGIC,
     ImageHeader,
@@ -24,6 +24,7 @@ from pipeline.formats.rec import (
     read_record_at,
     unpack_image_header,
 )
+from pipeline.status import OK, READ_ERROR
 
 pytestmark = pytest.mark.timeout(20)
 
