@@ -125,7 +125,7 @@ def print_summary(summary: MaintenanceSummary) -> None:
 
 
 def configure(parser) -> None:
-    parser = configure_verb(
+    configure_verb(
         parser,
         MaintainConfig,
         run,

@@ -145,7 +145,7 @@ def run(config: QueryConfig) -> None:
 
 
 def configure(parser) -> None:
-    parser = configure_verb(
+    configure_verb(
         parser,
         QueryConfig,
         run,

@@ -113,7 +113,7 @@ async def follow(client, job_id: str) -> None:
 
 
 def configure(parser) -> None:
-    parser = configure_verb(
+    configure_verb(
         parser,
         SubmitConfig,
         run,
