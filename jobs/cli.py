@@ -54,7 +54,7 @@ VERBS: dict[str, tuple[str, str]] = {
         "import_weights",
         "import released ViT-FIQA or insightface ViT weights (.pt)",
     ),
-    "export-onnx": ("export_onnx", "export an artifact's inference graph to ONNX"),
+    "export-onnx": ("onnx", "export an artifact's inference graph to ONNX"),
     "train": ("train", "fit ViT-FIQA with Ray Train (checkpoints, resume, fault tolerance)"),
     "bench": ("bench", "measure this machine (last line: JSON)"),
     "submit": ("submit", "run a fiqa verb as a Ray job on a running cluster (Ray Jobs API)"),

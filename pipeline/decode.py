@@ -426,7 +426,7 @@ def to_model_input(
     """uint8 (N, H, W, 3) RGB -> float32 (N, 3, H, W), (p / 255 - mean) / std, contiguous.
 
     The one place the torch side normalises; computed as (p - 255 mean) / (255 std) in float32,
-    exactly the ops `models.export.InferenceGraph` bakes into the ONNX graph, so both agree
+    exactly the ops `models.onnx.InferenceGraph` bakes into the ONNX graph, so both agree
     bit for bit."""
     import torch  # here, not at the top: decode-only CPU workers never pay for importing torch
 

@@ -12,7 +12,7 @@ import torch
 
 from jobs.cli import build_parser, main
 from models.artifact import load_artifact
-from models.export import InferenceGraph
+from models.onnx import InferenceGraph
 from tests.models.reference import official_test_vector
 
 

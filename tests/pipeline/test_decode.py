@@ -9,7 +9,7 @@ import torch
 from PIL import ExifTags, Image, ImageFile
 
 from models.artifact import InputSpec
-from models.export import InferenceGraph
+from models.onnx import InferenceGraph
 from pipeline import decode
 from pipeline.benchmark import bench_decode
 from pipeline.decode import DecodeOptions, decode_batch, decode_image, to_model_input

@@ -8,7 +8,7 @@ import pytest
 
 from jobs.cli import main
 from models.artifact import load_artifact, save_artifact
-from models.export import export_onnx
+from models.onnx import export_onnx
 from models.vit_fiqa import create_model
 from pipeline.evaluation import severity_quartiles
 from pipeline.evaluation.methods import METHODS, brightness, contrast, luminance, sharpness

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from jobs.config import JobConfig, configure_verb
 from models.artifact import load_artifact
-from models.export import export_onnx
+from models.onnx import export_onnx
 
 log = logging.getLogger(__name__)
 
