@@ -35,7 +35,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from pipeline.catalog import CatalogConfig, open_catalog
-from pipeline.formats.rec import IDX, PROPERTY, REC, ImageHeader, pack_image_header, pack_record
+from pipeline.formats.rec import IDX, PROPERTY, REC
+from pipeline.formats.recordio import ImageHeader, pack_image_header, pack_record
 from pipeline.manifest import ARROW_SCHEMA, dataset_source, open_table
 
 TABLE = "bench.manifest"

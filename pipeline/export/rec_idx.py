@@ -46,13 +46,11 @@ from pipeline.formats.rec import (
     NAMES,
     PROPERTY,
     REC,
-    RecordError,
     index_blocks,
     parse_index_lines,
     read_names,
-    read_record_at,
-    unpack_image_header,
 )
+from pipeline.formats.recordio import RecordError, read_record_at, unpack_image_header
 from pipeline.shuffle import Part
 from pipeline.storage import StorageOptions, arrow_filesystem, committed, filesystem, parse_uri
 

@@ -1,17 +1,14 @@
 """insightface RecordIO datasets (`rec`): `train.rec` + `train.idx` + `property`, without mxnet.
 
-`train.rec` is dmlc RecordIO: each record is the uint32 (little-endian) magic 0xced7230a, a
-uint32 whose top 3 bits are a continuation flag and whose low 29 bits are the part length, the
-part's bytes, and zero padding to a multiple of 4. A payload that contains the magic is split
-into several parts (see `pack_record`). `train.idx` is text, `key<TAB>offset` per record, where
-offset is the byte position of the record's (first) magic.
+`train.rec` holds dmlc RecordIO records of mxnet image records (the codec: `recordio`).
+`train.idx` is text, `key<TAB>offset` per record, where offset is the byte position of the
+record's (first) magic.
 
-Payloads are mxnet image records: an `IfQQ` header (flag, label, id, id2), then `flag` float32
-labels when flag > 0, then the encoded image. insightface's layout: record 0 is a header with
-labels [first identity key, end]; image records are keys 1 .. first-1, labelled with their
-class index; identity records are keys first .. end-1, record `first + c` holding labels
-[start, stop) of class c's image keys. `property` is one line `num_classes,112,112`. When the
-identities had names, `identities.tsv` (class index TAB name) keeps them.
+insightface's layout: record 0 is a header with labels [first identity key, end]; image records
+are keys 1 .. first-1, labelled with their class index; identity records are keys first ..
+end-1, record `first + c` holding labels [start, stop) of class c's image keys. `property` is
+one line `num_classes,112,112`. When the identities had names, `identities.tsv` (class index
+TAB name) keeps them.
 
 A sample's image_id is `train.rec#<key>`; its identity is the name from identities.tsv, or the
 class index as a string. Shards are ranges of image keys read by random access through the
@@ -24,16 +21,14 @@ from __future__ import annotations
 
 import functools
 import io
-import os
 import posixpath
 import shutil
-import struct
 import tempfile
 from array import array
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO
 
 import fsspec
 import numpy as np
@@ -48,181 +43,24 @@ from pipeline.formats.base import (
     read_error,
     sample,
 )
+from pipeline.formats.recordio import (
+    MAX_LABEL,
+    ImageHeader,
+    RecordError,
+    dataset_header,
+    iter_records,
+    pack_image_header,
+    pack_record,
+    read_record_at,
+    stream_size,
+    unpack_image_header,
+)
 from pipeline.storage import parse_uri, write_lines
 
 REC, IDX, PROPERTY, NAMES = "train.rec", "train.idx", "property", "identities.tsv"
 INDEX_BLOCK_BYTES = 16 << 20  # of a `.idx` read in blocks
 IMAGE_SIZE = (112, 112)  # what `property` announces: insightface's aligned crop size
-MAGIC = 0xCED7230A
-_MAGIC_BYTES = struct.pack("<I", MAGIC)
-_FRAME = struct.Struct("<II")  # magic, lrecord
-_LENGTH_BITS = 29
-_LENGTH_MASK = (1 << _LENGTH_BITS) - 1
-_WHOLE, _FIRST, _MIDDLE, _LAST = 0, 1, 2, 3
-_IMAGE_HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2
-# Keys live in float32 labels (header and identity records), exact up to 2**24 only.
-_MAX_LABEL = 1 << 24
 _COPY_CHUNK = 8 << 20
-
-
-class RecordError(ValueError):
-    """Bytes that are not a well-formed record; the message says what and at which byte."""
-
-
-# --- RecordIO framing -------------------------------------------------------------------------
-
-
-def pack_record(payload: bytes) -> bytes:
-    """The RecordIO bytes of one payload, split where the magic word occurs in it.
-
-    Split rule (dmlc's writer): the payload is searched for the magic's 4 bytes at 4-byte-
-    aligned offsets only (unaligned occurrences stay as they are). Each aligned occurrence ends
-    a part and is dropped; the parts are framed with cflag 1 (first), 2 (middle) and 3 (last),
-    or as one part with cflag 0 when there is no occurrence. The reader joins the parts with
-    the magic put back between them. Cuts fall at aligned offsets, so every part but the last
-    has a length that is a multiple of 4 and only the last is padded; and no aligned magic is
-    left inside any part, so in a .rec an aligned magic always starts a record.
-    """
-    parts = _split_at_magic(payload)
-    flags = [_WHOLE] if len(parts) == 1 else [_FIRST, *[_MIDDLE] * (len(parts) - 2), _LAST]
-    return b"".join(_frame(flag, part) for flag, part in zip(flags, parts, strict=True))
-
-
-def _split_at_magic(payload: bytes) -> list[bytes]:
-    parts, start = [], 0
-    hit = payload.find(_MAGIC_BYTES)
-    while hit >= 0:
-        if hit % 4 == 0:
-            parts.append(payload[start:hit])
-            start = hit + len(_MAGIC_BYTES)
-            hit = payload.find(_MAGIC_BYTES, start)
-        else:
-            hit = payload.find(_MAGIC_BYTES, hit + 1)
-    parts.append(payload[start:])
-    return parts
-
-
-def _frame(flag: int, part: bytes) -> bytes:
-    if len(part) > _LENGTH_MASK:
-        raise ValueError(f"a RecordIO part holds at most {_LENGTH_MASK} bytes, not {len(part)}")
-    padding = b"\0" * (-len(part) % 4)
-    return _FRAME.pack(MAGIC, flag << _LENGTH_BITS | len(part)) + part + padding
-
-
-def read_record_at(f: BinaryIO, offset: int, end: int | None = None) -> tuple[bytes, int]:
-    """(payload, offset after the record) of the record whose first part starts at `offset`.
-
-    Nothing at or past `end` (default: the file size) is read: a garbage length or a truncated
-    file raises RecordError instead. Every part moves on by at least 8 bytes, so this ends.
-    """
-    end = _size(f) if end is None else end
-    parts: list[bytes] = []
-    pos = offset
-    while True:
-        flag, data = _read_part(f, pos, end, first=not parts)
-        parts.append(data)
-        pos += _FRAME.size + len(data) + (-len(data) % 4)
-        if flag in (_WHOLE, _LAST):
-            return _MAGIC_BYTES.join(parts), pos
-
-
-def _read_part(f: BinaryIO, pos: int, end: int, *, first: bool) -> tuple[int, bytes]:
-    if pos < 0 or pos + _FRAME.size > end:
-        raise RecordError(f"no room for a record header at byte {pos}: the data ends at {end}")
-    f.seek(pos)
-    head = f.read(_FRAME.size)
-    if len(head) < _FRAME.size:
-        raise RecordError(f"truncated record header at byte {pos}")
-    magic, lrecord = _FRAME.unpack(head)
-    if magic != MAGIC:
-        raise RecordError(f"bad magic 0x{magic:08x} at byte {pos}")
-    flag, length = lrecord >> _LENGTH_BITS, lrecord & _LENGTH_MASK
-    if flag not in ((_WHOLE, _FIRST) if first else (_MIDDLE, _LAST)):
-        raise RecordError(f"unexpected continuation flag {flag} at byte {pos}")
-    if pos + _FRAME.size + length > end:
-        raise RecordError(f"record part at byte {pos} claims {length} bytes, past byte {end}")
-    data = f.read(length)
-    if len(data) < length:
-        raise RecordError(f"truncated record at byte {pos}: {len(data)} of {length} bytes")
-    return flag, data
-
-
-def iter_records(
-    f: BinaryIO, start: int = 0, end: int | None = None
-) -> Iterator[tuple[int, bytes]]:
-    """(offset, payload) of each record from `start` to `end` (default: the file size).
-
-    Raises RecordError at the first malformed record: without an index, nothing after it can
-    be located reliably.
-    """
-    end = _size(f) if end is None else end
-    while start < end:
-        payload, following = read_record_at(f, start, end)
-        yield start, payload
-        start = following
-
-
-def _size(f: BinaryIO) -> int:
-    f.seek(0, os.SEEK_END)
-    return f.tell()
-
-
-# --- mxnet image records ----------------------------------------------------------------------
-
-
-class ImageHeader(NamedTuple):
-    """mxnet's IRHeader. `label` is a tuple when the record carries several labels (flag > 0,
-    the scalar label field is then unused)."""
-
-    label: float | tuple[float, ...]
-    id: int = 0
-    id2: int = 0
-
-
-def pack_image_header(header: ImageHeader) -> bytes:
-    """The bytes that precede the encoded image in a record's payload."""
-    if not isinstance(header.label, tuple):
-        return _IMAGE_HEADER.pack(0, header.label, header.id, header.id2)
-    if not header.label:
-        raise ValueError("a label tuple needs at least one label")
-    count = len(header.label)
-    return _IMAGE_HEADER.pack(count, 0.0, header.id, header.id2) + struct.pack(
-        f"<{count}f", *header.label
-    )
-
-
-def unpack_image_header(payload: bytes) -> tuple[ImageHeader, bytes]:
-    """(header, encoded image bytes) of a record's payload."""
-    if len(payload) < _IMAGE_HEADER.size:
-        raise RecordError(
-            f"payload of {len(payload)} bytes is shorter than the "
-            f"{_IMAGE_HEADER.size}-byte image header"
-        )
-    flag, label, id_, id2 = _IMAGE_HEADER.unpack_from(payload)
-    if flag == 0:
-        return ImageHeader(label, id_, id2), payload[_IMAGE_HEADER.size :]
-    end = _IMAGE_HEADER.size + 4 * flag
-    if end > len(payload):
-        raise RecordError(
-            f"image header announces {flag} labels, more than the {len(payload)}-byte payload holds"
-        )
-    labels = struct.unpack_from(f"<{flag}f", payload, _IMAGE_HEADER.size)
-    return ImageHeader(labels, id_, id2), payload[end:]
-
-
-def _dataset_header(payload: bytes) -> tuple[int, int] | None:
-    """(first identity key, end) when `payload` is insightface's header record, else None.
-
-    A header is a record with at least two labels and no image bytes; a record 0 with image
-    bytes is an image (plain im2rec files have no header).
-    """
-    header, image = unpack_image_header(payload)
-    if not isinstance(header.label, tuple) or len(header.label) < 2 or image:
-        return None
-    first, end = header.label[:2]
-    if not (first.is_integer() and end.is_integer() and 1 <= first <= end):
-        raise RecordError(f"header record labels {first}, {end} are not [first identity key, end]")
-    return int(first), int(end)
 
 
 # --- index and names --------------------------------------------------------------------------
@@ -390,7 +228,7 @@ def _image_range(f: BinaryIO, size: int, index: _Index) -> range | None:
     if not entry:
         return None
     payload, _ = read_record_at(f, entry[0], index.limit(entry[0], size))
-    header = _dataset_header(payload)
+    header = dataset_header(payload)
     if header is None:
         return None
     return range(1, min(header[0], int(index.keys[-1]) + 1))
@@ -446,7 +284,7 @@ class RecFormat(DatasetFormat):
             return [Shard(REC, rec)]
         with fs.open(rec, "rb") as f:
             try:
-                images = _image_range(f, _size(f), index)
+                images = _image_range(f, stream_size(f), index)
             except RecordError as e:
                 raise ShardError(_image_id(0), f"header record unreadable: {e}") from e
         keys = index.keys if images is None else np.arange(images.start, images.stop)
@@ -469,7 +307,7 @@ class RecFormat(DatasetFormat):
         if shard.stop is not None and index is None:
             raise ShardError(shard.key, f"{IDX} is missing: cannot locate an index range")
         with fs.open(shard.path, "rb") as f:
-            size = _size(f)
+            size = stream_size(f)
             if index is None:
                 yield from _scan(f, size, shard.key, names)
             else:
@@ -493,7 +331,7 @@ class RecFormat(DatasetFormat):
         located = find_records(fs, idx, shards)
         names = _names(fs, posixpath.join(root, NAMES))
         with fs.open(self.rec_file or posixpath.join(root, REC), "rb") as f:
-            size = _size(f)
+            size = stream_size(f)
             for key, (offset, end) in sorted(located.items()):
                 if 0 <= offset < size:
                     limit = size if end is None else min(end, size)
@@ -513,7 +351,7 @@ def _scan(f: BinaryIO, size: int, shard: str, names: dict[int, str]) -> Iterator
     done, end = 0, None
     try:
         for _, payload in iter_records(f, 0, size):
-            if done == 0 and (header := _dataset_header(payload)) is not None:
+            if done == 0 and (header := dataset_header(payload)) is not None:
                 end = header[0]
             else:
                 yield _image_row(done, payload, shard, names)
@@ -594,8 +432,8 @@ class RecWriter(DatasetWriter):
         if new:
             self._check_identity(key, identity)
         record = len(self._offsets) + 1
-        if record + 1 + len(self._names) + new > _MAX_LABEL:
-            raise ValueError(f"{key}: a .rec holds keys up to {_MAX_LABEL} (float32 labels)")
+        if record + 1 + len(self._names) + new > MAX_LABEL:
+            raise ValueError(f"{key}: a .rec holds keys up to {MAX_LABEL} (float32 labels)")
         if new:
             self._names.append(identity)
             self._seen.add(identity)

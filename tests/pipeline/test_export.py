@@ -22,11 +22,11 @@ from pipeline.export.base import natural_key
 from pipeline.export.samples import balanced_sizes
 from pipeline.formats import get_format
 from pipeline.formats import rec as rec_format
-from pipeline.formats.rec import (
+from pipeline.formats.rec import read_index
+from pipeline.formats.recordio import (
     ImageHeader,
     pack_image_header,
     pack_record,
-    read_index,
     read_record_at,
     unpack_image_header,
 )

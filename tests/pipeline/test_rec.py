@@ -12,15 +12,14 @@ import pytest
 
 from pipeline.formats import rec
 from pipeline.formats.base import Shard, ShardError
-from pipeline.formats.rec import (
+from pipeline.formats.rec import RecFormat, read_index
+from pipeline.formats.recordio import (
     MAGIC,
     ImageHeader,
-    RecFormat,
     RecordError,
     iter_records,
     pack_image_header,
     pack_record,
-    read_index,
     read_record_at,
     unpack_image_header,
 )
@@ -226,7 +225,7 @@ def test_writer_rejects_identity_that_reappears(mem):
 
 def test_writer_refuses_keys_float32_cannot_hold(mem, monkeypatch):
     fs, root = mem
-    monkeypatch.setattr(rec, "_MAX_LABEL", 5)  # end label = images + 1 + classes
+    monkeypatch.setattr(rec, "MAX_LABEL", 5)  # end label = images + 1 + classes
     w = RecFormat().writer(fs, root)
     w.write("a", "0", b"x", "jpg")
     w.write("b", "0", b"x", "jpg")
