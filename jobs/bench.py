@@ -11,7 +11,10 @@ from jobs.config import JobConfig, PresetName, add_verb, configure_verb
 from jobs.score import ScorerSettings
 from models.presets import Mode
 from models.vit_fiqa import create_model
-from pipeline.benchmark import bench_decode, bench_model, bench_score, bench_synth
+from pipeline.bench.decode import bench_decode
+from pipeline.bench.model import bench_model
+from pipeline.bench.score import bench_score
+from pipeline.bench.synth import bench_synth
 from pipeline.catalog import CatalogConfig
 from pipeline.scoring import ScoringPlan
 
@@ -59,7 +62,7 @@ class BenchQueryConfig(JobConfig):
 def run_query(config: BenchQueryConfig) -> None:
     import tempfile
 
-    from pipeline.benchmark import bench_query
+    from pipeline.bench.query import bench_query
 
     with tempfile.TemporaryDirectory() as workdir:
         result = bench_query(
@@ -79,7 +82,7 @@ def run_scale(config: BenchScaleConfig) -> None:
     import tempfile
     from pathlib import Path
 
-    from pipeline.scale_benchmark import bench_scale
+    from pipeline.bench.scale import bench_scale
 
     with tempfile.TemporaryDirectory(dir=config.workdir) as workdir:
         result = bench_scale(config.rows, Path(workdir))
@@ -234,7 +237,7 @@ class BenchTrainConfig(JobConfig):
 def run_train(config: BenchTrainConfig) -> None:
     import tempfile
 
-    from pipeline.benchmark import bench_train
+    from pipeline.bench.train import bench_train
 
     with tempfile.TemporaryDirectory() as workdir:
         result = bench_train(

@@ -11,7 +11,7 @@ from PIL import ExifTags, Image, ImageFile
 from models.artifact import InputSpec
 from models.onnx import InferenceGraph
 from pipeline import decode
-from pipeline.benchmark import bench_decode
+from pipeline.bench.decode import bench_decode
 from pipeline.decode import DecodeOptions, decode_batch, decode_image, to_model_input
 from pipeline.status import DECODE_ERROR, OK, TOO_LARGE, UNSUPPORTED
 

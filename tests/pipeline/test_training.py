@@ -171,7 +171,7 @@ def test_init_from_an_artifact_of_another_architecture_is_refused(faces, tmp_pat
 
 @pytest.mark.slow
 def test_bench_train_times_a_bare_loop_and_fiqa_train(ray_local, tmp_path):
-    from pipeline.benchmark import bench_train
+    from pipeline.bench.train import bench_train
 
     result = bench_train(
         "vit-fiqa-micro", batch_size=8, steps=4, workers=(2,), workdir=str(tmp_path), log=print
