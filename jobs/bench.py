@@ -7,8 +7,7 @@ import json
 import torch
 from pydantic import Field, model_validator
 
-from jobs.config import JobConfig, PresetName, add_verb, configure_verb
-from jobs.score import ScorerSettings
+from jobs.config import JobConfig, add_verb, configure_verb
 from models.presets import Mode
 from models.vit_fiqa import create_model
 from pipeline.bench.decode import bench_decode
@@ -16,7 +15,8 @@ from pipeline.bench.model import bench_model
 from pipeline.bench.score import bench_score
 from pipeline.bench.synth import bench_synth
 from pipeline.catalog import CatalogConfig
-from pipeline.scoring import ScoringPlan
+from pipeline.scoring import ScorerSettings, ScoringPlan
+from pipeline.settings import PresetName
 
 
 class BenchModelConfig(JobConfig):

@@ -15,19 +15,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    PlainValidator,
-    ValidationError,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.catalog import CatalogConfig
 from pipeline.errors import FiqaError
-from pipeline.formats import FormatName
 from pipeline.manifest import DEFAULT_TABLE
+from pipeline.settings import DataSettings
 from pipeline.storage import StorageOptions
 
 
@@ -67,16 +60,8 @@ class JsonSummary(JobConfig):
     )
 
 
-class DataConfig(StorageConfig):
-    """A dataset to read: URI and format."""
-
-    data: str = Field(description="dataset URI: a local path, file://, s3:// or memory://")
-    format: FormatName = Field(description="dataset format")
-    format_options: dict[str, Any] = Field(
-        {},
-        description="format settings (YAML only), e.g. parquet column names",
-        json_schema_extra={"cli": False},
-    )
+class DataConfig(DataSettings, StorageConfig):
+    """A dataset to read, and the object storage it is on."""
 
 
 def flag_of(name: str, field) -> str:
@@ -120,7 +105,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type[JobCo
                 options["choices"] = [str(c) for c in typing.get_args(annotation)]
             else:
                 options["metavar"] = extra.get("metavar", name.upper())
-            if typing.get_origin(annotation) in (list, tuple):
+            if typing.get_origin(annotation) is list:
                 options["nargs"] = "+"
         if extra.get("positional"):
             del options["dest"]
@@ -165,48 +150,6 @@ def validate(config_cls: type[JobConfig], values: dict[str, Any]) -> JobConfig:
             where = f"{name} ({source_of(head, fields[head])})" if head in fields else name
             lines.append(f"  {where}: {err['msg']}")
         raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
-
-
-def check_preset(name: str) -> str:
-    from models.presets import PRESETS
-
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
-    return name
-
-
-PresetName = typing.Annotated[str, AfterValidator(check_preset)]
-
-
-def auto_or(kind: type, least: float, what: str) -> PlainValidator:
-    """A setting that is `auto` or a number of `kind`, at least `least` (`what` names it)."""
-
-    def check(value: Any) -> str | float | int:
-        if value == "auto":
-            return value
-        try:
-            number = kind(value)
-            valid = least <= number == float(value)
-        except (TypeError, ValueError):
-            valid = False
-        if not valid:
-            raise ValueError(f"expected auto or {what}, got {value!r}")
-        return number
-
-    return PlainValidator(check)
-
-
-# How train, score and eval use GPUs: `auto` uses what is there (one GPU for each worker,
-# scorer actor or evaluating process when the cluster has GPUs, none otherwise); a number
-# is the GPUs each one gets (0: CPU only; a fraction shares a GPU).
-Gpus = typing.Annotated[str | float, auto_or(float, 0, "a number of GPUs >= 0")]
-# A number of workers: `auto` (from the cluster) or a whole number.
-AutoCount = typing.Annotated[str | int, auto_or(int, 1, "a whole number >= 1")]
-
-
-def gpus_or_none(value: Gpus) -> float | None:
-    """A `Gpus` setting as the pipeline takes it: None for auto."""
-    return None if value == "auto" else float(value)
 
 
 def add_verb(subparsers, name: str, summary: str) -> argparse.ArgumentParser:

@@ -9,11 +9,11 @@ from pydantic import Field, model_validator
 
 from jobs.config import JobConfig, JsonSummary, TableConfig, configure_verb
 from jobs.maintain import MaintenanceSettings
-from jobs.score import ScorerSettings
 from pipeline.curation import CurationPlan, curate
-from pipeline.export import ExportPlan, ExportTarget
+from pipeline.export import ExportSettings
 from pipeline.formats import FormatName
 from pipeline.policy import FilterPolicy
+from pipeline.scoring import ScorerSettings
 from pipeline.selection import selection_name
 
 YAML_ONLY = {"cli": False}
@@ -26,18 +26,8 @@ class DatasetEntry(JobConfig):
     format_options: dict[str, Any] = Field({}, description="format settings")
 
 
-class ExportEntry(JobConfig):
-    to: ExportTarget
+class ExportEntry(ExportSettings):
     out: str = Field(description="folder each selection snapshot's export goes under")
-    dataset: str | None = None
-    shard_size: int = Field(1000, gt=0)
-    with_bytes: bool = False
-
-    @model_validator(mode="after")
-    def bytes_need_parquet(self) -> ExportEntry:
-        if self.with_bytes and self.to != "parquet":
-            raise ValueError("with_bytes applies to 'to: parquet' only")
-        return self
 
 
 class CurateConfig(TableConfig, JsonSummary, ScorerSettings):
@@ -78,18 +68,6 @@ class CurateConfig(TableConfig, JsonSummary, ScorerSettings):
     def plan(self) -> CurationPlan:
         storage = self.storage()
         name = selection_name(self.table, self.selection)
-        export = None
-        if self.export is not None:
-            export = ExportPlan(
-                selection=name,
-                target=self.export.to,
-                out=self.export.out,
-                dataset=self.export.dataset,
-                shard_size=self.export.shard_size,
-                with_bytes=self.export.with_bytes,
-                storage=storage,
-                catalog=self.catalog,
-            )
         return CurationPlan(
             table=self.table,
             datasets=[
@@ -110,7 +88,7 @@ class CurateConfig(TableConfig, JsonSummary, ScorerSettings):
             run_log=self.run_log
             if "." in self.run_log
             else f"{self.table.rpartition('.')[0]}.{self.run_log}",
-            export=export,
+            export=self.export and self.export.export_plan(name, storage, self.catalog),
             report=self.report,
             maintenance=self.maintain and self.maintain.maintenance_plan(),
             storage=storage,

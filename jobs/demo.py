@@ -28,8 +28,9 @@ from jobs.config import JobConfig, configure_verb
 from pipeline import command_log
 from pipeline.command_log import LOG_DIR
 from pipeline.errors import FiqaError
-from pipeline.evaluation import PLOT_FILE, RESULT_FILE, dlib_fr
+from pipeline.evaluation import dlib_fr
 from pipeline.evaluation.methods import BASELINES, VIT_FIQA
+from pipeline.evaluation.outputs import PLOT_FILE, RESULT_FILE
 from pipeline.face_check import packaged_photos
 
 MARKER = ".fiqa-demo"  # a folder holding it was made by the demo and may be replaced

@@ -2,80 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from jobs.config import DataConfig, Gpus, configure_verb, gpus_or_none
-from pipeline.evaluation import EvaluationPlan, FrModelSpec, SerFiq, evaluate, write_outputs
-from pipeline.evaluation.methods import METHODS
+from jobs.config import StorageConfig, configure_verb
+from pipeline.evaluation.outputs import write_outputs
+from pipeline.evaluation.plan import EvaluationPlan
+from pipeline.evaluation.run import evaluate
 
 
-class EvalConfig(DataConfig):
-    model: str = Field(description="the token-mode model artifact to evaluate")
+class EvalConfig(EvaluationPlan, StorageConfig):
     out: str = Field(description="directory for result.json, edc.png, ranking.md")
-    fr_models: list[FrModelSpec] = Field(
-        [],
-        description="more FR models: artifact directories, .onnx files (YAML: full specs "
-        "with size, mean, std, colour_order, layout, dtype) or dlib (pip install '.[dlib]')",
-        json_schema_extra={"flag": "--fr-model", "metavar": "URI"},
-    )
-    crfiqa_model: str | None = Field(None, description="a crfiqa-mode artifact to compare")
-    methods: list[str] | None = Field(
-        None, description=f"quality methods (default: all that apply of {', '.join(METHODS)})"
-    )
-    fmr: list[float] = Field([1e-3, 1e-4], description="FMRs the thresholds are fixed at")
-    discard_limit: list[float] = Field([0.2, 0.3], description="pAUC discard limits")
-    max_genuine: int = Field(200_000, gt=0, description="cap on genuine comparisons")
-    impostors: int = Field(500_000, gt=0, description="impostor comparisons sampled")
-    bootstrap: int = Field(
-        200, ge=0, description="identity resamples for 95% intervals of each pAUC (0: none)"
-    )
-    ser_fiq_passes: int = Field(100, ge=2, description="SER-FIQ dropout passes (T)")
-    ser_fiq_dropout: float = Field(0.5, gt=0, lt=1, description="SER-FIQ dropout rate")
-    batch_size: int = Field(128, gt=0, description="images per model call")
-    gpus: Gpus = Field(
-        "auto", description="the GPU this process uses: auto (one when torch sees one), 0 or 1"
-    )
-    seed: int = Field(0, description="seed of pair sampling, random quality and dropout")
-
-    @field_validator("fr_models", mode="before")
-    @classmethod
-    def uris_are_specs(cls, values):
-        return [{"uri": v} if isinstance(v, str) else v for v in values or []]
-
-    @field_validator("fmr")
-    @classmethod
-    def rates(cls, values: list[float]) -> list[float]:
-        if not values or any(not 0 < v < 1 for v in values):
-            raise ValueError("FMRs must lie in (0, 1)")
-        return values
-
-    @field_validator("discard_limit")
-    @classmethod
-    def limits(cls, values: list[float]) -> list[float]:
-        if not values or any(not 0 < v <= 1 for v in values):
-            raise ValueError("discard limits must lie in (0, 1]")
-        return values
-
-    def plan(self) -> EvaluationPlan:
-        return EvaluationPlan(
-            model=self.model,
-            data=self.data,
-            format=self.format,
-            format_options=self.format_options,
-            storage=self.storage(),
-            fr_models=tuple(self.fr_models),
-            crfiqa_model=self.crfiqa_model,
-            methods=self.methods,
-            fmrs=tuple(self.fmr),
-            discard_limits=tuple(self.discard_limit),
-            max_genuine=self.max_genuine,
-            impostors=self.impostors,
-            bootstrap=self.bootstrap,
-            ser_fiq=SerFiq(self.ser_fiq_passes, self.ser_fiq_dropout),
-            seed=self.seed,
-            batch_size=self.batch_size,
-            gpus=gpus_or_none(self.gpus),
-        )
 
 
 def print_summary(result: dict) -> None:
@@ -133,9 +69,10 @@ def print_summary(result: dict) -> None:
 
 
 def run(config: EvalConfig) -> None:
-    result = evaluate(config.plan())
+    storage = config.storage()
+    result = evaluate(config, storage)
     print_summary(result)
-    for name, uri in write_outputs(result, config.out, config.storage()).items():
+    for name, uri in write_outputs(result, config.out, storage).items():
         print(f"{name}: {uri}")
 
 

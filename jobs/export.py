@@ -4,53 +4,31 @@ from __future__ import annotations
 
 import json
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from jobs.config import JsonSummary, TableConfig, configure_verb
-from pipeline.export import ExportPlan, ExportSummary, ExportTarget, export
+from pipeline.export import ExportPlan, ExportSettings, ExportSummary, export
 from pipeline.export.base import RECORD
 from pipeline.selection import selection_name
 
 SHOWN_PROBLEMS = 10  # the rest are in the summary
 
 
-class ExportConfig(TableConfig, JsonSummary):
+# The export settings first in the bases, so that their flags follow --table in the help.
+class ExportConfig(ExportSettings, TableConfig, JsonSummary):
     selection: str = Field(
         description="selection table of 'fiqa filter' (a bare name is in --table's namespace)"
     )
-    to: ExportTarget = Field(description="what to write")
-    out: str = Field(
-        description="output URI: a new folder for rec-idx, wds and parquet --with-bytes, "
-        "a file for list and parquet"
-    )
-    dataset: str | None = Field(
-        None, description="export this dataset only (required for rec-idx when there are more)"
-    )
-    shard_size: int = Field(
-        1000, gt=0, description="wds, parquet --with-bytes: images per shard (part) at most"
-    )
-    with_bytes: bool = Field(False, description="parquet: also the image bytes")
     dry_run: bool = Field(
         False, description="plan the export and print its summary; read no image, write nothing"
     )
 
-    @model_validator(mode="after")
-    def bytes_need_parquet(self) -> ExportConfig:
-        if self.with_bytes and self.to != "parquet":
-            raise ValueError("with_bytes (--with-bytes) applies to --to parquet only")
-        return self
-
     def plan(self) -> ExportPlan:
-        return ExportPlan(
-            selection=selection_name(self.table, self.selection),
-            target=self.to,
-            out=self.out,
-            dataset=self.dataset,
-            shard_size=self.shard_size,
-            with_bytes=self.with_bytes,
+        return self.export_plan(
+            selection_name(self.table, self.selection),
+            self.storage(),
+            self.catalog,
             dry_run=self.dry_run,
-            storage=self.storage(),
-            catalog=self.catalog,
         )
 
 

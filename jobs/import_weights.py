@@ -5,19 +5,19 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 
-from jobs.config import JobConfig, PresetName, configure_verb
+from jobs.config import JobConfig, configure_verb
 from models.artifact import save_artifact
-from models.weights import import_weights
+from models.weights import Source, import_weights
+from pipeline.settings import PresetName
 
 log = logging.getLogger(__name__)
 
 
 class ImportWeightsConfig(JobConfig):
-    source: Literal["official-vit-fiqa", "insightface-vit"] = Field(
+    source: Source = Field(
         description="layout of the file: an official ViT-FIQA release (mode detected from its "
         "keys) or an insightface arcface_torch ViT backbone (gets a new quality token and head)",
         json_schema_extra={"flag": "--from"},

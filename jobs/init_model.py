@@ -7,10 +7,11 @@ import logging
 import torch
 from pydantic import Field
 
-from jobs.config import JobConfig, PresetName, configure_verb
+from jobs.config import JobConfig, configure_verb
 from models.artifact import save_artifact
 from models.presets import Mode
 from models.vit_fiqa import create_model
+from pipeline.settings import PresetName
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,8 @@ from pydantic import Field
 
 from jobs.config import ConfigError, TableConfig, configure_verb
 from pipeline.catalog import open_catalog
-from pipeline.manifest import dataset_sources
-from pipeline.query import open_query
-from pipeline.report import MEMORY_LIMIT, write_report
-from pipeline.report.edc import EdcError, load_edc
+from pipeline.evaluation.results import EdcError, load_edc
+from pipeline.report import report_manifest
 from pipeline.selection import selection_info, selection_name
 
 
@@ -44,35 +42,22 @@ def run(config: ReportConfig) -> None:
     if config.selection is not None:
         name = selection_name(config.table, config.selection)
         selection = (name, selection_info(catalog, name))
-    query = open_query(
+    summary = report_manifest(
         catalog,
         config.table,
-        selections=[selection[0]] if selection else [],
+        config.out,
+        selection=selection,
         snapshot_id=config.snapshot,
+        edc=edc,
+        model_id=config.model_id,
         storage=storage,
-        memory_limit=MEMORY_LIMIT,
     )
-    # Where the images are: the manifest's newest record of each dataset, else the selection's.
-    sources = {**(selection[1].get("sources", {}) if selection else {})}
-    sources.update(dataset_sources(catalog.load_table(config.table)))
-    try:
-        summary = write_report(
-            query,
-            config.out,
-            sources=sources,
-            selection=selection,
-            edc=edc,
-            model_id=config.model_id,
-            storage=storage,
-        )
-    finally:
-        query.close()
     if summary.thumbnails_missing:
         print(
             f"{summary.thumbnails_missing} of {summary.thumbnails} example images could not "
             "be fetched (placeholders shown)"
         )
-    print(f"report of {config.table} (snapshot {query.snapshot_id}): {summary.index}")
+    print(f"report of {config.table} (snapshot {summary.snapshot_id}): {summary.index}")
 
 
 def configure(parser) -> None:

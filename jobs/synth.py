@@ -9,10 +9,12 @@ from pydantic import Field, field_validator, model_validator
 from tqdm import tqdm
 
 from jobs.config import StorageConfig, configure_verb
-from pipeline import synth
 from pipeline.formats import FormatName, get_format
 from pipeline.storage import filesystem, parse_uri
-from pipeline.synthetic_dataset import SynthSpec, write_synthetic
+from pipeline.synth.dataset import SynthSpec, write_synthetic
+from pipeline.synth.generation import gallery
+from pipeline.synth.sampling import DegradationPolicy
+from pipeline.synth.types import DEGRADATIONS
 
 GALLERY_MAX = 12
 
@@ -28,7 +30,7 @@ class SynthConfig(StorageConfig):
     )
     degradations: list[str] | None = Field(
         None,
-        description=f"degradations to mix in (default: all of {', '.join(synth.DEGRADATIONS)}"
+        description=f"degradations to mix in (default: all of {', '.join(DEGRADATIONS)}"
         "); 'none' for clean images",
     )
     image_format: Literal["jpg", "png"] = Field("jpg", description="encoding of the images")
@@ -55,7 +57,7 @@ class SynthConfig(StorageConfig):
         if names == ["none"]:
             return []
         if names:
-            synth.DegradationPolicy.from_names(names)  # raises naming an unknown one
+            DegradationPolicy.from_names(names)  # raises naming an unknown one
         return names
 
     def spec(self) -> SynthSpec:
@@ -73,7 +75,7 @@ class SynthConfig(StorageConfig):
 def run(config: SynthConfig) -> None:
     spec = config.spec()
     if config.gallery:
-        image = synth.gallery(
+        image = gallery(
             min(config.identities, GALLERY_MAX),
             min(config.per_identity, GALLERY_MAX),
             seed=config.seed,

@@ -1,9 +1,10 @@
 """The inference graph, as deployed outside PyTorch (ONNX).
 
 Input `image`: uint8 (N, 3, H, W), RGB, H = W = the artifact's input size, raw pixels 0..255.
-The normalisation of the artifact's config is part of the graph, so a caller only decodes and
-resizes. Outputs: `embedding` float32 (N, fr_dim), not L2-normalised, and `quality` float32
-(N,), the raw quality score (higher is better). N is dynamic.
+The normalisation of the artifact's config (`models.normalisation`, as on the PyTorch side) is
+part of the graph, so a caller only decodes and resizes. Outputs: `embedding` float32
+(N, fr_dim), not L2-normalised, and `quality` float32 (N,), the raw quality score (higher is
+better). N is dynamic.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from models.artifact import InputSpec
+from models.normalisation import normalise, pixel_scale
 from models.vit_fiqa import ViTFIQA
 
 INPUT_NAME = "image"
@@ -25,11 +27,11 @@ class InferenceGraph(nn.Module):
     def __init__(self, model: ViTFIQA, spec: InputSpec):
         super().__init__()
         self.model = model
-        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("mean", pixel_scale(spec.mean))
+        self.register_buffer("std", pixel_scale(spec.std))
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model((image.float() - self.mean) / self.std)
+        return self.model(normalise(image.float(), self.mean, self.std))
 
 
 def export_onnx(model: ViTFIQA, spec: InputSpec, path: str) -> None:

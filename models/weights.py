@@ -13,7 +13,7 @@ import io
 import pickle
 import zipfile
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -21,8 +21,9 @@ from models.presets import get_preset
 from models.vit_fiqa import ViTFIQA
 from pipeline.errors import FiqaError
 
+# The layouts of weights files that can be imported.
 Source = Literal["official-vit-fiqa", "insightface-vit"]
-SOURCES: tuple[str, ...] = ("official-vit-fiqa", "insightface-vit")
+SOURCES: tuple[str, ...] = get_args(Source)
 # Keys that only ViT-FIQA has; an insightface backbone lacks them and gets them fresh.
 QUALITY_KEYS = ("qs_token", "head_qs.")
 
@@ -134,7 +135,7 @@ def import_insightface(
 
 
 def import_weights(
-    source: str, data: bytes, preset: str = "vit-fiqa-s", name: str = "weights"
+    source: Source, data: bytes, preset: str = "vit-fiqa-s", name: str = "weights"
 ) -> ViTFIQA:
     if source not in SOURCES:
         raise WeightsError(f"unknown weights source {source!r}; expected one of {SOURCES}")

@@ -31,11 +31,8 @@ from pipeline.export import ExportPlan, export
 from pipeline.export.base import RECORD
 from pipeline.filtering import filter_manifest
 from pipeline.maintenance import MaintenancePlan, maintain, same_rows
-from pipeline.manifest import dataset_sources
 from pipeline.policy import FilterPolicy
-from pipeline.query import open_query
-from pipeline.report import INDEX, write_report
-from pipeline.report import MEMORY_LIMIT as REPORT_MEMORY
+from pipeline.report import INDEX, report_manifest
 from pipeline.runlog import append_run
 from pipeline.scoring import COMMIT_ATTEMPTS, ScoringPlan, score
 from pipeline.selection import SelectionError, selection_head
@@ -185,29 +182,21 @@ def select_and_publish(
     if summary.selection_written and plan.export is not None:
         out = summary.outputs["export"]
         result = export(
-            dataclasses.replace(plan.export, selection=plan.selection, out=out), progress
+            plan.export.model_copy(update={"selection": plan.selection, "out": out}), progress
         )
         if result.problems:
             progress(f"export: {len(result.problems)} kept images not exported ({RECORD})")
         progress(f"export: {result.images} images at {out}")
     if summary.selection_written and plan.report is not None:
-        with open_query(
+        report = report_manifest(
             catalog,
             plan.table,
-            selections=[plan.selection],
+            summary.outputs["report"],
+            selection=(plan.selection, info),
+            model_id=policy.model_id,
             storage=plan.storage,
-            memory_limit=REPORT_MEMORY,
-        ) as query:
-            sources = {**info["sources"], **dataset_sources(catalog.load_table(plan.table))}
-            report = write_report(
-                query,
-                summary.outputs["report"],
-                sources=sources,
-                selection=(plan.selection, info),
-                model_id=policy.model_id,
-                storage=plan.storage,
-                progress=progress,
-            )
+            progress=progress,
+        )
         progress(f"report: {report.index}")
 
 

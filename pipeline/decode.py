@@ -425,16 +425,18 @@ def to_model_input(
 ) -> torch.Tensor:
     """uint8 (N, H, W, 3) RGB -> float32 (N, 3, H, W), (p / 255 - mean) / std, contiguous.
 
-    The one place the torch side normalises; computed as (p - 255 mean) / (255 std) in float32,
-    exactly the ops `models.onnx.InferenceGraph` bakes into the ONNX graph, so both agree
-    bit for bit."""
-    import torch  # here, not at the top: decode-only CPU workers never pay for importing torch
+    The one place the torch side normalises, with `models.normalisation`, as the ONNX graph
+    does, so both agree bit for bit."""
+    # Here, not at the top: decode-only CPU workers never pay for importing torch.
+    import torch
+
+    from models.normalisation import normalise, pixel_scale
 
     x = torch.as_tensor(pixels)
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"expected uint8 pixels (N, H, W, 3), got {x.dtype} {tuple(x.shape)}")
     # On the pixels' device: a GPU scorer ships uint8 to the GPU and normalises there.
-    mean = torch.tensor(options.mean, device=x.device).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(options.std, device=x.device).view(1, 3, 1, 1) * 255.0
+    mean = pixel_scale(options.mean, x.device)
+    std = pixel_scale(options.std, x.device)
     x = x.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
-    return (x - mean) / std
+    return normalise(x, mean, std)

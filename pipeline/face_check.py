@@ -5,9 +5,9 @@ Real photos that ship inside installed packages (insightface's `t1.jpg` group ph
 searched with dlib's face detector; each face found is aligned to the ArcFace 112x112 template
 through dlib's 5-point landmarks (`dlib_fr.CHIP_LANDMARKS`: where those landmarks sit in an
 aligned crop). Every face is then degraded in graded steps of every pixel-level degradation of
-the synthetic data (`synth.sample_degradation`: the same code and severity scale, its random
-choices fixed along a ladder), scored by the model, and compared by dlib's descriptor with its
-clean crop, which shows whether a ladder really takes identity away.
+the synthetic data (`synth.sampling.sample_degradation`: the same code and severity scale, its
+random choices fixed along a ladder), scored by the model, and compared by dlib's descriptor
+with its clean crop, which shows whether a ladder really takes identity away.
 
 Per face and kind, Spearman's rank correlation of severity with quality over the steps
 (-1: quality falls at every step); the summary averages it over faces, then over kinds.
@@ -25,9 +25,12 @@ import torch
 from PIL import Image
 
 from models.artifact import Artifact
-from pipeline import synth
 from pipeline.decode import DecodeOptions, to_model_input
 from pipeline.evaluation.dlib_fr import CHIP_LANDMARKS, DlibFr, model_files
+from pipeline.synth.degradations import degrade
+from pipeline.synth.geometry import similarity
+from pipeline.synth.sampling import sample_degradation
+from pipeline.synth.types import PIXEL_DEGRADATIONS, SIZE
 
 # (package, folder inside it, file): where the photos are, read from the installed package
 # without importing it.
@@ -37,7 +40,7 @@ PHOTOS = (
     ("skimage", "data", "astronaut.png"),
     ("matplotlib", "mpl-data/sample_data", "grace_hopper.jpg"),
 )
-KINDS = synth.PIXEL_DEGRADATIONS
+KINDS = PIXEL_DEGRADATIONS
 SEVERITIES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 MIN_DETECTION_SCORE = 0.5  # below it the HOG detector's hits here are not faces
 
@@ -84,10 +87,10 @@ def align_faces(photo: Path) -> list[Face]:
         shape = predictor(image, box)
         found = np.array([[p.x, p.y] for p in shape.parts()], dtype=float)
         # Crop pixel -> photo pixel, the inverse of the fit of the landmarks onto the crop.
-        a, b, t = synth.similarity(CHIP_LANDMARKS.astype(float), found)
+        a, b, t = similarity(CHIP_LANDMARKS.astype(float), found)
         coefficients = (a, -b, t[0], b, a, t[1])
         crop = Image.fromarray(image).transform(
-            (synth.SIZE, synth.SIZE), Image.Transform.AFFINE, coefficients, Image.Resampling.BICUBIC
+            (SIZE, SIZE), Image.Transform.AFFINE, coefficients, Image.Resampling.BICUBIC
         )
         faces.append(Face(f"{photo.name}#{len(faces)}", found, np.asarray(crop)))
     return faces
@@ -98,8 +101,8 @@ def ladder(face: Face, kind: str, seed: int) -> np.ndarray:
     steps = []
     for severity in SEVERITIES:
         rng = np.random.default_rng([seed, KINDS.index(kind)])  # same choices at every step
-        degradation = synth.sample_degradation(kind, severity, rng)
-        steps.append(synth.degrade(face.crop, [degradation]))
+        degradation = sample_degradation(kind, severity, rng)
+        steps.append(degrade(face.crop, [degradation]))
     return np.stack(steps)
 
 

@@ -18,28 +18,31 @@ import contextlib
 import datetime
 import json
 import logging
-import os
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import Annotated, Any
 
 import numpy as np
 import pyarrow as pa
 import ray
 import torch
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 from tqdm import tqdm
 
 from models.artifact import CONFIG_FILE, ArtifactError, InputSpec, load_artifact
+from pipeline import faults
 from pipeline.catalog import CatalogConfig, open_catalog
 from pipeline.cluster import connect
 from pipeline.datafiles import FileLayout, append_files
 from pipeline.datasource import END_FIELD, ShardDatasource, read_shards
 from pipeline.decode import DecodeOptions, decode_pixels, to_model_input
 from pipeline.errors import FiqaError
+from pipeline.faults import ExitOnce
 from pipeline.formats import get_format
 from pipeline.formats.base import Shard
 from pipeline.ledger import SCORER, ShardLedger, ShardProgress, write_shard_files
@@ -51,15 +54,12 @@ from pipeline.manifest import (
     open_table,
     shards_committed_since,
 )
+from pipeline.settings import Gpus, gpus_or_none
 from pipeline.status import OK
 from pipeline.storage import StorageError, StorageOptions, arrow_filesystem, filesystem
 
 log = logging.getLogger(__name__)
 
-# Fault injection for tests: when this variable names a file that does not exist yet, the
-# first scorer to reach its third batch creates it and kills its process: an actor that dies
-# mid-stream, once.
-FAULT_ENV = "FIQA_TEST_SCORER_EXIT_ONCE"
 # A commit that loses to a concurrent writer is retried on the new head this often.
 COMMIT_ATTEMPTS = 5
 # Torch threads per CPU scorer when the cluster decides: beyond a few, more actors scale better.
@@ -89,6 +89,7 @@ class QualityScorer:
         run_id: str,
         threads: int | None,
         with_embeddings: bool,
+        fault: ExitOnce | None = None,
     ):
         fs, path = filesystem(model_uri, storage)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -99,13 +100,12 @@ class QualityScorer:
         self.options = DecodeOptions.from_input_spec(artifact.input)
         self.dataset, self.run_id, self.with_embeddings = dataset, run_id, with_embeddings
         self.load_id = uuid.uuid4().hex[:12]
-        self.fault, self.calls = os.environ.get(FAULT_ENV), 0
+        self.fault, self.calls = fault, 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         self.calls += 1
-        if self.fault and self.calls == 3 and not os.path.exists(self.fault):
-            open(self.fault, "w").close()
-            os._exit(1)
+        if self.fault:
+            self.fault(self.calls)
         ok = batch["status"] == OK
         rows = len(ok)
         quality = np.zeros(rows, np.float32)
@@ -152,26 +152,75 @@ def text(values: np.ndarray) -> pa.Array:
     return pa.array([v if isinstance(v, str) else None for v in values], pa.string())
 
 
-@dataclass(frozen=True)
-class ScoringPlan:
+def actor_range(value: Any) -> tuple[int, int] | None:
+    """`auto` (None: the cluster decides), N, or MIN,MAX to autoscale."""
+    if value is None or value == "auto":
+        return None
+    parts = [str(v) for v in value] if isinstance(value, tuple | list) else str(value).split(",")
+    if len(parts) > 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ValueError("expected auto, N or MIN,MAX with positive integers")
+    low, high = int(parts[0]), int(parts[-1])
+    if low > high:
+        raise ValueError("MIN must not exceed MAX")
+    return low, high
+
+
+class ScorerSettings(BaseModel):
+    """How a scoring run uses the cluster: `fiqa score`'s, `fiqa curate`'s and the scoring
+    benchmark's flags."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    with_embeddings: bool = Field(False, description="also store FR embeddings (float16)")
+    batch_size: int = Field(128, gt=0, description="images per model call")
+    decode_batch_size: int = Field(256, gt=0, description="images per decode task call")
+    write_batch_size: int = Field(
+        2048, gt=0, description="scored rows per writer call, split into one file per shard"
+    )
+    actors: Annotated[tuple[int, int] | None, BeforeValidator(actor_range)] = Field(
+        "auto",
+        validate_default=True,
+        description="scorer actors: auto (one per GPU, else one per core), "
+        "N, or MIN,MAX to autoscale",
+    )
+    cpus_per_actor: float | None = Field(
+        None,
+        ge=0,
+        description="CPUs reserved per scorer actor (default: 1 per GPU actor, "
+        "a quarter CPU per torch thread of a CPU actor)",
+    )
+    gpus: Gpus = Field(
+        "auto", description="GPUs per scorer actor: auto (1 when the cluster has GPUs, else 0) or N"
+    )
+    threads_per_actor: int | None = Field(
+        None, ge=1, description="torch threads per CPU actor (default: the cores shared out)"
+    )
+    commit_every: int = Field(64, gt=0, description="commit once this many shards are done")
+    commit_interval: float = Field(
+        60.0, gt=0, description="or once this many seconds have passed since the last commit"
+    )
+
+    @property
+    def gpus_per_actor(self) -> float | None:
+        """None: 1 when the cluster has GPUs, else 0."""
+        return gpus_or_none(self.gpus)
+
+    def scoring_plan(self, **where) -> ScoringPlan:
+        """The plan for these settings; `where` names the model, data, table and catalog."""
+        return ScoringPlan(**self.model_dump(include=set(ScorerSettings.model_fields)), **where)
+
+
+class ScoringPlan(ScorerSettings):
+    """A scoring run: its settings, and which model scores which data into which table."""
+
     model: str
     data: str
     format: str
     table: str
     dataset: str
-    format_options: dict = field(default_factory=dict)
-    with_embeddings: bool = False
-    batch_size: int = 128
-    decode_batch_size: int = 256
-    write_batch_size: int = 2048
-    actors: tuple[int, int] | None = None  # None: from the cluster's resources
-    cpus_per_actor: float | None = None  # None: 1 per GPU actor, 1/4 per CPU actor's thread
-    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
-    threads_per_actor: int | None = None  # None: the CPU actors together use every core
-    commit_every: int = 64
-    commit_interval: float = 60.0
+    format_options: dict = {}
     storage: StorageOptions | None = None
-    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    catalog: CatalogConfig = CatalogConfig()
 
 
 @dataclass(frozen=True)
@@ -285,6 +334,7 @@ def manifest_records(
                 "run_id": run_id,
                 "threads": pool.threads,
                 "with_embeddings": plan.with_embeddings,
+                "fault": faults.exit_once(faults.SCORER_CALL),
             },
         )
         .map_batches(

@@ -42,12 +42,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from pipeline import synth
 from pipeline.datasource import shard_rows
 from pipeline.decode import decode_batch
 from pipeline.evaluation.fr_models import FrModelSpec, load_fr_model
 from pipeline.status import OK
 from pipeline.storage import StorageOptions, committed, filesystem
+from pipeline.synth.degradations import degrade
+from pipeline.synth.sampling import DegradationPolicy, sample_degradation
+from pipeline.synth.types import PIXEL_DEGRADATIONS, Degradation
 
 DESCRIPTORS, LABELS = "descriptors", "labels"
 EMBED_BATCH = 64  # images per teacher call
@@ -71,12 +73,10 @@ def shard_file(key: str) -> str:
 # JPEG (luma blocking) and occlusion stayed above -0.6 on real faces while blur, noise and
 # downsampling reached -0.9 (docs/benchmarks.md, "8x8 patches and copies weighted to JPEG").
 COPY_SHARES: tuple[tuple[str, float], ...] = (("jpeg", 0.4), ("occlusion", 0.2))
-_COPY_POLICY = synth.DegradationPolicy(
-    enabled=synth.PIXEL_DEGRADATIONS, probability=1.0, mix=(1.0,)
-)
+_COPY_POLICY = DegradationPolicy(enabled=PIXEL_DEGRADATIONS, probability=1.0, mix=(1.0,))
 
 
-def copy_degradations(image_id: str, copy: int, seed: int) -> tuple[synth.Degradation, ...]:
+def copy_degradations(image_id: str, copy: int, seed: int) -> tuple[Degradation, ...]:
     """The degradation of an image's copy (none for copy 0), the same wherever it is drawn:
     a kind of `COPY_SHARES` with its chance, else any pixel-level kind; severity uniform."""
     if copy == 0:
@@ -85,7 +85,7 @@ def copy_degradations(image_id: str, copy: int, seed: int) -> tuple[synth.Degrad
     draw = rng.random()
     for kind, share in COPY_SHARES:
         if draw < share:
-            return (synth.sample_degradation(kind, rng.uniform(), rng),)
+            return (sample_degradation(kind, rng.uniform(), rng),)
         draw -= share
     return _COPY_POLICY.sample(rng)
 
@@ -98,9 +98,9 @@ def with_copies(
     rows = np.repeat(np.arange(len(pixels)), copies + 1)
     copy = np.tile(np.arange(copies + 1, dtype=np.int16), len(pixels))
     out = pixels[rows]
-    degrade = copy > 0 if ok is None else (copy > 0) & ok[rows]
-    for i in np.flatnonzero(degrade):
-        out[i] = synth.degrade(out[i], copy_degradations(image_ids[rows[i]], int(copy[i]), seed))
+    degraded = copy > 0 if ok is None else (copy > 0) & ok[rows]
+    for i in np.flatnonzero(degraded):
+        out[i] = degrade(out[i], copy_degradations(image_ids[rows[i]], int(copy[i]), seed))
     return out, rows, copy
 
 

@@ -7,10 +7,11 @@ import io
 
 from PIL import Image
 
-from pipeline import synth
 from pipeline.formats import get_format
 from pipeline.storage import StorageOptions, filesystem
-from pipeline.training import DataSpec, TrainSpec
+from pipeline.synth.generation import generate
+from pipeline.synth.sampling import DegradationPolicy
+from pipeline.training.spec import TrainSpec
 
 # What each kind of bad sample should become after decoding.
 CORRUPT = {
@@ -24,9 +25,7 @@ def face_jpegs(count: int, seed: int = 0) -> list[bytes]:
     """`count` distinct synthetic faces as JPEG bytes (cheap enough for tests)."""
     out = []
     for i in range(count):
-        image = synth.generate(
-            i % 7, i, seed=seed, split="train", policy=synth.DegradationPolicy.none()
-        )
+        image = generate(i % 7, i, seed=seed, split="train", policy=DegradationPolicy.none())
         buffer = io.BytesIO()
         Image.fromarray(image.image).save(buffer, format="JPEG", quality=90)
         out.append(buffer.getvalue())
@@ -67,14 +66,15 @@ def tiny_run(data: str, tmp_path, **overrides) -> TrainSpec:
     """A one-epoch run of the micro preset on two half-CPU workers over the wds faces at
     `data`, checkpointing every 2 steps, no retries; `overrides` replace any field."""
     values = dict(
-        train=DataSpec("wds", (data,)),
+        data=[data],
+        format="wds",
         out=str(tmp_path / "model"),
         holdout_fraction=0.0,
         preset="vit-fiqa-micro",
         epochs=1,
         batch_size=8,
         warmup_epochs=0.5,
-        augmentations=("flip", "blur"),
+        augment=["flip", "blur"],
         num_workers=2,
         cpus_per_worker=0.5,
         storage_path=str(tmp_path / "runs"),

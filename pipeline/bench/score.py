@@ -45,7 +45,7 @@ def bench_score(
     from pipeline.formats import get_format
     from pipeline.scoring import score
     from pipeline.storage import filesystem
-    from pipeline.synthetic_dataset import SynthSpec, render_identity
+    from pipeline.synth.dataset import SynthSpec, render_identity
 
     work = workdir or tempfile.mkdtemp(prefix="fiqa-bench-score-")
     spec = SynthSpec(identities=25, per_identity=20)

@@ -19,7 +19,7 @@ def bench_synth(
     """Single-process (so: per core) images/s of synthetic faces, rendered, degraded and
     JPEG-encoded as `fiqa synth` writes them, beside the bare cost of encoding the same
     pixels (the floor of writing any image dataset)."""
-    from pipeline.synthetic_dataset import SynthSpec, encode, render_identity
+    from pipeline.synth.dataset import SynthSpec, encode, render_identity
 
     spec = SynthSpec(identities=max(1, images // 20), per_identity=20)
     faces = itertools.cycle(range(spec.identities))

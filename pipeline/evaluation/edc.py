@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.verification import fmr_threshold
+from pipeline.evaluation.verification import fmr_threshold
 
 ERC_FRACTIONS = tuple(round(0.05 * k, 2) for k in range(20))
 

@@ -42,8 +42,8 @@ class Features:
 
 @dataclass(frozen=True)
 class SerFiq:
-    passes: int = 100
-    dropout: float = 0.5
+    passes: int
+    dropout: float
 
 
 class FeaturePass:

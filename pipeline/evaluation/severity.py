@@ -7,7 +7,7 @@ from itertools import pairwise
 import numpy as np
 import torch
 
-from pipeline.verification import spearman, verification
+from pipeline.evaluation.verification import spearman, verification
 
 
 def severity_quartiles(

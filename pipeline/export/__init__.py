@@ -15,17 +15,31 @@ summary.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, get_args
+from typing import get_args
 
 from pipeline.catalog import open_catalog
-from pipeline.export.base import ExportError, ExportPlan, ExportSummary
+from pipeline.export.base import (
+    ExportError,
+    ExportPlan,
+    ExportSettings,
+    ExportSummary,
+    ExportTarget,
+)
 from pipeline.export.kept import load_kept
 from pipeline.export.keys import export_list, export_parquet
 from pipeline.export.rec_idx import export_rec_idx
 from pipeline.export.wds import export_wds
 from pipeline.shuffle import scratch
 
-__all__ = ["TARGETS", "ExportError", "ExportPlan", "ExportSummary", "ExportTarget", "export"]
+__all__ = [
+    "TARGETS",
+    "ExportError",
+    "ExportPlan",
+    "ExportSettings",
+    "ExportSummary",
+    "ExportTarget",
+    "export",
+]
 
 TARGETS: dict[str, Callable[..., ExportSummary]] = {
     "rec-idx": export_rec_idx,
@@ -33,8 +47,6 @@ TARGETS: dict[str, Callable[..., ExportSummary]] = {
     "list": export_list,
     "parquet": export_parquet,
 }
-# The same names as a type, for configuration fields.
-ExportTarget = Literal["rec-idx", "wds", "list", "parquet"]
 assert set(get_args(ExportTarget)) == set(TARGETS)
 
 

@@ -1,5 +1,5 @@
-"""What every export target shares: the plan, problem rows, the summary (which is also the
-completion record) and export order."""
+"""What every export target shares: the settings and the plan, problem rows, the summary (which
+is also the completion record) and export order."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import posixpath
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import fsspec
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.catalog import CatalogConfig
 from pipeline.errors import FiqaError
@@ -29,17 +30,66 @@ class ExportError(FiqaError, ValueError):
     """An export that cannot be made as asked; the message says why and what to do."""
 
 
-@dataclass(frozen=True)
-class ExportPlan:
+# The names of the targets (TARGETS in the package), as a type for settings.
+ExportTarget = Literal["rec-idx", "wds", "list", "parquet"]
+
+
+class ExportOptions(BaseModel):
+    """How the kept images are written, each option declared once: the plan and the settings
+    of the jobs (`fiqa export`, a curation's `export` entry) inherit these."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    out: str = Field(
+        description="output URI: a new folder for rec-idx, wds and parquet --with-bytes, "
+        "a file for list and parquet"
+    )
+    dataset: str | None = Field(
+        None, description="export this dataset only (required for rec-idx when there are more)"
+    )
+    shard_size: int = Field(
+        1000, gt=0, description="wds, parquet --with-bytes: images per shard (part) at most"
+    )
+    with_bytes: bool = Field(False, description="parquet: also the image bytes")
+
+
+class ExportPlan(ExportOptions):
+    """An export to make. Its target may be any name: `export` refuses one it does not know."""
+
     selection: str  # full table name
     target: str
-    out: str
-    dataset: str | None = None  # None: every dataset with kept images
-    shard_size: int = 1000  # wds, parquet with bytes: images per shard (part) at most
-    with_bytes: bool = False  # parquet
     dry_run: bool = False  # plan only: read no image, write nothing
     storage: StorageOptions | None = None
     catalog: CatalogConfig | None = None
+
+
+class ExportSettings(ExportOptions):
+    """The options and the target, as a job sets them: checked before any work starts."""
+
+    to: ExportTarget = Field(description="what to write")
+
+    @model_validator(mode="after")
+    def bytes_need_parquet(self) -> ExportSettings:
+        if self.with_bytes and self.to != "parquet":
+            raise ValueError("with_bytes (--with-bytes) applies to --to parquet only")
+        return self
+
+    def export_plan(
+        self,
+        selection: str,
+        storage: StorageOptions | None,
+        catalog: CatalogConfig | None,
+        dry_run: bool = False,
+    ) -> ExportPlan:
+        """An export of `selection` (a full table name) with these settings."""
+        return ExportPlan(
+            selection=selection,
+            target=self.to,
+            dry_run=dry_run,
+            storage=storage,
+            catalog=catalog,
+            **self.model_dump(include=set(ExportOptions.model_fields)),
+        )
 
 
 @dataclass

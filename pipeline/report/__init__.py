@@ -1,8 +1,11 @@
 """A static, offline HTML report over one snapshot of a quality manifest.
 
-`write_report` asks the manifest (and a selection) for aggregates in SQL (`queries`), draws
-them (`charts`, PNG), fetches a few example images from storage (`thumbnails`, JPEG) and
-writes `index.html` beside them (`page`). Nothing on the page is fetched from the network.
+`report_manifest` opens the snapshot (and a selection) for the report's queries and finds
+where the example images are; `write_report` asks them for aggregates in SQL (`queries`),
+draws them (`charts`, PNG), fetches a few example images from storage (`thumbnails`, JPEG)
+and writes `index.html` beside them (`page`). Nothing on the page is fetched from the
+network. The EDC curves of an evaluation are read in its result schema
+(`pipeline.evaluation.results`).
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pyiceberg.catalog import Catalog
+
 from pipeline.errors import FiqaError
-from pipeline.query import ManifestQuery
+from pipeline.evaluation.results import EdcResult
+from pipeline.manifest import dataset_sources
+from pipeline.query import ManifestQuery, open_query
 from pipeline.report import charts, queries
-from pipeline.report.edc import EdcResult
 from pipeline.report.page import Page, SelectionView, render
 from pipeline.report.thumbnails import FOLDER, thumbnails
 from pipeline.storage import StorageOptions, filesystem, parse_uri
@@ -33,9 +39,48 @@ class ReportError(FiqaError, ValueError):
 @dataclass(frozen=True)
 class ReportSummary:
     index: str  # URI of index.html
+    snapshot_id: int  # the manifest snapshot reported on
     model_id: str | None  # whose example images are shown
     thumbnails: int
     thumbnails_missing: int
+
+
+def report_manifest(
+    catalog: Catalog,
+    table: str,
+    out: str,
+    *,
+    selection: tuple[str, dict] | None = None,
+    snapshot_id: int | None = None,
+    edc: EdcResult | None = None,
+    model_id: str | None = None,
+    storage: StorageOptions | None = None,
+    progress: Callable[[str], None] = print,
+) -> ReportSummary:
+    """Write the report of manifest `table` (its current snapshot unless `snapshot_id`) into
+    `out`; `selection`, `edc` and `model_id` as `write_report` takes them."""
+    with open_query(
+        catalog,
+        table,
+        selections=[selection[0]] if selection else [],
+        snapshot_id=snapshot_id,
+        storage=storage,
+        memory_limit=MEMORY_LIMIT,
+    ) as query:
+        # Where the images are: the manifest's newest record of each dataset, else the
+        # selection's.
+        sources = {**(selection[1].get("sources", {}) if selection else {})}
+        sources.update(dataset_sources(catalog.load_table(table)))
+        return write_report(
+            query,
+            out,
+            sources=sources,
+            selection=selection,
+            edc=edc,
+            model_id=model_id,
+            storage=storage,
+            progress=progress,
+        )
 
 
 def write_report(
@@ -111,6 +156,7 @@ def write_report(
     write(INDEX, render(page).encode())
     return ReportSummary(
         index=parse_uri(out).join(INDEX).uri,
+        snapshot_id=query.snapshot_id,
         model_id=chosen,
         thumbnails=len(thumbs),
         thumbnails_missing=sum(t.file is None for t in thumbs),

@@ -13,7 +13,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from pipeline.report.edc import EdcResult
+from pipeline.evaluation.results import EdcResult
 from pipeline.report.queries import Histogram, Spread
 
 COLUMNS = 3

@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pipeline.report.edc import EdcResult
+from pipeline.evaluation.results import EdcResult
 from pipeline.report.queries import THUMBNAILS
 from pipeline.report.thumbnails import SIZE, Thumbnail
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from pipeline.catalog import CatalogConfig, open_catalog
+from pipeline.faults import SCORER_CALL
 from pipeline.manifest import open_table
 from tests.builders import write_faces
 from tests.manifests import s3_warehouse
@@ -163,7 +164,7 @@ def test_a_scorer_that_dies_once_still_gives_full_output(home):
         "1",
         "--batch-size",
         "4",
-        env={"FIQA_TEST_SCORER_EXIT_ONCE": str(marker)},
+        env={SCORER_CALL: f"3:{marker}"},
     )
     assert marker.exists(), "the fault was not injected"
     assert summary["images"] == 40

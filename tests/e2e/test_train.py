@@ -11,7 +11,7 @@ from models.artifact import load_artifact
 from pipeline.augment import AUGMENTATIONS
 from pipeline.formats import get_format
 from pipeline.storage import filesystem
-from pipeline.synthetic_dataset import SynthSpec, write_synthetic
+from pipeline.synth.dataset import SynthSpec, write_synthetic
 
 
 def synth_on(uri: str, identities: int, per_identity: int, split: str) -> None:

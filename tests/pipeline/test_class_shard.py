@@ -8,7 +8,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from models.vit_fiqa import create_model
 from pipeline.class_shard import ClassShard, slice_state, sum_gradients
-from pipeline.training import parameter_groups, train_step
+from pipeline.training.loop import parameter_groups, train_step
 
 CLASSES, BATCH, CLIP = 1000, 16, 1.0
 ROWS = (slice(0, 9), slice(9, 16))  # uneven on purpose: workers drop unreadable images

@@ -14,7 +14,7 @@ from pipeline.evaluation.dlib_fr import DISTANCE_THRESHOLD, DlibFr
 from pipeline.face_check import align_faces, packaged_photos
 from pipeline.formats import get_format
 from pipeline.storage import filesystem
-from pipeline.synthetic_dataset import SynthSpec, write_synthetic
+from pipeline.synth.dataset import SynthSpec, write_synthetic
 from tests.pipeline.test_scoring import artifact
 
 

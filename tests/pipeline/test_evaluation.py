@@ -10,13 +10,13 @@ from jobs.cli import main
 from models.artifact import load_artifact, save_artifact
 from models.onnx import export_onnx
 from models.vit_fiqa import create_model
-from pipeline.evaluation import severity_quartiles
 from pipeline.evaluation.methods import METHODS, brightness, contrast, luminance, sharpness
 from pipeline.evaluation.pairs import comparison_pairs
+from pipeline.evaluation.results import EdcResult
+from pipeline.evaluation.severity import severity_quartiles
 from pipeline.formats import get_format
-from pipeline.report.edc import EdcResult
 from pipeline.storage import filesystem
-from pipeline.synthetic_dataset import METADATA_FILE, SynthSpec, write_synthetic
+from pipeline.synth.dataset import METADATA_FILE, SynthSpec, write_synthetic
 from tests.pipeline.test_scoring import artifact
 
 

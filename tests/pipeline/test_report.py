@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.datasource import fetch_images
+from pipeline.evaluation.results import EdcError, load_edc
 from pipeline.formats import get_format
 from pipeline.formats.wds import WdsFormat
 from pipeline.manifest import dataset_source, dataset_sources, open_table
@@ -13,7 +14,6 @@ from pipeline.policy import FilterPolicy, apply_policy
 from pipeline.query import open_query
 from pipeline.report import ReportError, queries, write_report
 from pipeline.report.charts import edc_chart
-from pipeline.report.edc import EdcError, load_edc
 from pipeline.report.page import GROUPS
 from pipeline.selection import selection_info, write_selection
 from pipeline.storage import filesystem, parse_uri

@@ -1,5 +1,3 @@
-import dataclasses
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -198,9 +196,8 @@ def test_one_model_load_per_actor_for_the_whole_run(ray_local, home):
     write_faces("wds", data, identities=24, per_identity=100, shard_size=100)
     lines = []
     summary = score(
-        dataclasses.replace(
-            plan(home, artifact(home / "m"), data, write_batch_size=100, commit_every=1),
-            batch_size=8,
+        plan(home, artifact(home / "m"), data, write_batch_size=100, commit_every=1).model_copy(
+            update={"batch_size": 8}
         ),
         on_commit=lines.append,
     )
@@ -212,17 +209,20 @@ def test_scorer_pool_follows_the_cluster_unless_told():
     from pipeline.scoring import ScorerPool, scorer_pool
 
     base = plan(None, "m", "d")
-    auto = dataclasses.replace(
-        base, actors=None, cpus_per_actor=None, gpus_per_actor=None, threads_per_actor=None
+    auto = base.model_copy(
+        update={"actors": None, "cpus_per_actor": None, "gpus": "auto", "threads_per_actor": None}
     )
     assert scorer_pool(auto, {"CPU": 2}) == ScorerPool((2, 2), 0.25, 0.0, 1)
     assert scorer_pool(auto, {"CPU": 16, "GPU": 8}) == ScorerPool((8, 8), 1.0, 1.0, None)
-    cpu_only = dataclasses.replace(auto, gpus_per_actor=0.0)
+    cpu_only = auto.model_copy(update={"gpus": 0.0})
     assert scorer_pool(cpu_only, {"CPU": 16, "GPU": 8}) == ScorerPool((16, 16), 0.25, 0.0, 1)
-    told = dataclasses.replace(auto, actors=(2, 6), threads_per_actor=3, cpus_per_actor=2)
+    told = auto.model_copy(update={"actors": (2, 6), "threads_per_actor": 3, "cpus_per_actor": 2})
     assert scorer_pool(told, {"CPU": 16}) == ScorerPool((2, 6), 2, 0.0, 3)
-    assert scorer_pool(dataclasses.replace(auto, actors=(2, 2)), {"CPU": 8}).threads == 4
-    assert scorer_pool(dataclasses.replace(auto, threads_per_actor=4), {"CPU": 8}).actors == (2, 2)
+    assert scorer_pool(auto.model_copy(update={"actors": (2, 2)}), {"CPU": 8}).threads == 4
+    assert scorer_pool(auto.model_copy(update={"threads_per_actor": 4}), {"CPU": 8}).actors == (
+        2,
+        2,
+    )
 
 
 def test_a_shard_is_complete_when_its_rows_add_up():

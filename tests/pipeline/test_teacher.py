@@ -14,13 +14,18 @@ import torch.nn.functional as F
 from models.artifact import load_artifact, save_artifact
 from models.losses import ClassReduce, certainty_ratio, true_cosine
 from models.vit_fiqa import create_model
-from pipeline import synth, teacher
+from pipeline import teacher
 from pipeline.evaluation import dlib_fr
 from pipeline.evaluation.fr_models import FrModelSpec
 from pipeline.formats import get_format
 from pipeline.storage import filesystem
-from pipeline.synthetic_dataset import SynthSpec, write_synthetic
-from pipeline.training import DataSpec, TrainingError, TrainSpec, fit
+from pipeline.synth.dataset import SynthSpec, write_synthetic
+from pipeline.synth.generation import generate
+from pipeline.synth.sampling import DegradationPolicy
+from pipeline.synth.types import PIXEL_DEGRADATIONS
+from pipeline.training.data import DataSpec
+from pipeline.training.run import fit
+from pipeline.training.spec import TrainingError, TrainSpec
 from tests.builders import tiny_run
 
 IDENTITIES, PER_IDENTITY = 6, 8
@@ -74,7 +79,7 @@ def test_certainty_ratios_in_class_blocks_match_the_training_loss(monkeypatch):
 
 
 def test_a_copy_is_drawn_the_same_wherever_and_copy_zero_is_the_image():
-    image = synth.generate(0, 0, seed=0, split="train", policy=synth.DegradationPolicy.none())
+    image = generate(0, 0, seed=0, split="train", policy=DegradationPolicy.none())
     pixels = np.stack([image.image] * 3)
     ids = np.array(["a", "b", "c"], dtype=object)
     ok = np.array([True, True, False])
@@ -95,8 +100,8 @@ def test_copies_are_jpeg_and_occlusion_more_often_and_every_kind_still_occurs():
     assert all(len(d) == 1 for d in drawn)
     kinds = collections.Counter(d[0].name for d in drawn)
     rest = 1 - sum(share for _, share in teacher.COPY_SHARES)
-    for kind in synth.PIXEL_DEGRADATIONS:
-        share = dict(teacher.COPY_SHARES).get(kind, 0) + rest / len(synth.PIXEL_DEGRADATIONS)
+    for kind in PIXEL_DEGRADATIONS:
+        share = dict(teacher.COPY_SHARES).get(kind, 0) + rest / len(PIXEL_DEGRADATIONS)
         assert abs(kinds[kind] / len(drawn) - share) < 0.03, (kind, kinds[kind])
     assert abs(np.mean([d[0].severity for d in drawn]) - 0.5) < 0.03
 
@@ -154,7 +159,7 @@ def test_a_teacher_that_cannot_be_loaded_is_refused_before_any_task(faces, tmp_p
 
 
 def taught(faces: str, tmp_path, fr: FrModelSpec, **overrides) -> TrainSpec:
-    return tiny_run(faces, tmp_path, **{"augmentations": ("flip",), "teacher": fr, **overrides})
+    return tiny_run(faces, tmp_path, **{"augment": ["flip"], "teacher": fr, **overrides})
 
 
 def test_a_run_with_a_teacher_regresses_the_teachers_cr(
@@ -174,7 +179,7 @@ def test_a_run_with_a_teacher_regresses_the_teachers_cr(
     ("overrides", "message"),
     [
         ({"degrade": 0.5}, "fresh degradations have no teacher CR"),
-        ({"augmentations": ("flip", "blur")}, "augmentation blur changes what the teacher"),
+        ({"augment": ["flip", "blur"]}, "augmentation blur changes what the teacher"),
     ],
 )
 def test_a_teacher_refuses_what_would_change_the_images_after_labelling(

@@ -9,21 +9,16 @@ from safetensors.torch import load_file
 
 from models.artifact import load_artifact
 from models.vit_fiqa import create_model
-from pipeline import synth
+from pipeline.faults import TRAIN_STEP
 from pipeline.formats import get_format
 from pipeline.storage import filesystem
-from pipeline.synthetic_dataset import SynthSpec, write_synthetic
-from pipeline.training import (
-    FAULT_MARKER_ENV,
-    FAULT_STEP_ENV,
-    TrainingError,
-    degraded,
-    fit,
-    fitted_batch,
-    is_holdout,
-    lr_factor,
-    parameter_groups,
-)
+from pipeline.synth.dataset import SynthSpec, write_synthetic
+from pipeline.synth.generation import generate
+from pipeline.synth.sampling import DegradationPolicy
+from pipeline.training.data import degraded, is_holdout
+from pipeline.training.loop import lr_factor, parameter_groups
+from pipeline.training.run import fit, fitted_batch
+from pipeline.training.spec import TrainingError
 from tests.builders import tiny_run
 
 
@@ -59,7 +54,7 @@ def test_holdout_membership_is_stable_and_near_the_fraction():
 def test_degraded_changes_about_its_share_of_the_readable_images_and_no_other():
     clean = np.stack(
         [
-            synth.generate(i, 0, seed=0, split="train", policy=synth.DegradationPolicy.none()).image
+            generate(i, 0, seed=0, split="train", policy=DegradationPolicy.none()).image
             for i in range(4)
         ]
     )
@@ -98,13 +93,12 @@ def last_centre_slices(trained: dict) -> list[torch.Tensor]:
 @pytest.mark.slow
 def test_a_stopped_run_resumes_from_its_checkpoint(ray_local, faces, tmp_path, monkeypatch):
     # 48 images / 2 workers / 4 per worker: 6 steps; checkpoints at steps 2 and 4.
-    monkeypatch.setenv(FAULT_STEP_ENV, "3")
-    monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "fault"))
+    monkeypatch.setenv(TRAIN_STEP, f"3:{tmp_path / 'fault'}")
     with pytest.raises(TrainingError, match="rerun with the same run name"):
         fit(tiny_run(faces, tmp_path))  # the worker dies at step 3; no retries allowed
     assert (tmp_path / "fault").exists()
     assert not (tmp_path / "model").exists()
-    monkeypatch.delenv(FAULT_STEP_ENV)
+    monkeypatch.delenv(TRAIN_STEP)
     result = fit(tiny_run(faces, tmp_path))  # same run name: resumes
     trained = summary(result.out)
     assert trained["resumed_from_steps"] == [2]
@@ -123,11 +117,10 @@ def test_a_stopped_run_resumes_from_its_checkpoint(ray_local, faces, tmp_path, m
 
 @pytest.mark.slow
 def test_a_run_resumes_with_another_worker_count(ray_local, faces, tmp_path, monkeypatch):
-    monkeypatch.setenv(FAULT_STEP_ENV, "3")
-    monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "fault"))
+    monkeypatch.setenv(TRAIN_STEP, f"3:{tmp_path / 'fault'}")
     with pytest.raises(TrainingError):
         fit(tiny_run(faces, tmp_path))  # 2 workers, 3 classes each; checkpoint at step 2
-    monkeypatch.delenv(FAULT_STEP_ENV)
+    monkeypatch.delenv(TRAIN_STEP)
     result = fit(tiny_run(faces, tmp_path, num_workers=1, cpus_per_worker=1.0))
     trained = summary(result.out)
     assert trained["resumed_from_steps"] == [2]
@@ -139,8 +132,7 @@ def test_a_run_resumes_with_another_worker_count(ray_local, faces, tmp_path, mon
 def test_a_killed_worker_is_restarted_from_the_last_checkpoint(
     ray_local, faces, tmp_path, monkeypatch
 ):
-    monkeypatch.setenv(FAULT_STEP_ENV, "5")
-    monkeypatch.setenv(FAULT_MARKER_ENV, str(tmp_path / "fault"))
+    monkeypatch.setenv(TRAIN_STEP, f"5:{tmp_path / 'fault'}")
     result = fit(tiny_run(faces, tmp_path, max_failures=1, epochs=2, warmup_epochs=1))
     assert (tmp_path / "fault").exists()
     trained = summary(result.out)

@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.verification import best_threshold_accuracy, spearman, tar_at_fmr, verification
+from pipeline.evaluation.verification import (
+    best_threshold_accuracy,
+    spearman,
+    tar_at_fmr,
+    verification,
+)
 
 
 def test_spearman_is_rank_based_and_averages_ties():

@@ -1,4 +1,4 @@
-"""A synthetic face dataset on storage: `pipeline.synth` images, written in any format.
+"""A synthetic face dataset on storage: generated images, written in any format.
 
 Images are rendered in worker processes (each image has its own RNG, so the bytes do not
 depend on how the work is split) and written in order by one writer. Every image's generation
@@ -25,8 +25,9 @@ import fsspec
 import numpy as np
 import PIL.Image
 
-from pipeline import synth
 from pipeline.formats.base import DatasetFormat
+from pipeline.synth.generation import generate
+from pipeline.synth.sampling import DegradationPolicy
 
 METADATA_FILE = "_synth_metadata.jsonl"
 CORRUPT_TAG = 0xBAD  # RNG key of the choice of corrupt images, apart from the renderer's
@@ -44,12 +45,12 @@ class SynthSpec:
     jpeg_quality: int = 95
     corrupt: int = 0
 
-    def policy(self) -> synth.DegradationPolicy:
+    def policy(self) -> DegradationPolicy:
         if self.degradations is None:
-            return synth.DegradationPolicy()
+            return DegradationPolicy()
         if not self.degradations:
-            return synth.DegradationPolicy.none()
-        return synth.DegradationPolicy.from_names(list(self.degradations))
+            return DegradationPolicy.none()
+        return DegradationPolicy.from_names(list(self.degradations))
 
     @property
     def images(self) -> int:
@@ -80,7 +81,7 @@ def render_identity(spec: SynthSpec, identity_index: int) -> list[tuple[str, byt
     policy = spec.policy()
     out = []
     for image_index in range(spec.per_identity):
-        image = synth.generate(
+        image = generate(
             identity_index, image_index, seed=spec.seed, split=spec.split, policy=policy
         )
         out.append(

@@ -1,6 +1,8 @@
-"""The evaluation result a report plots: Error-versus-Discard Characteristic (EDC) curves.
+"""The evaluation result as `fiqa report --eval` reads it: its Error-versus-Discard
+Characteristic (EDC) curves.
 
-One JSON object (keys beyond these are ignored, so a producer may add its own):
+One JSON object (keys beyond these are ignored: `evaluate` writes many more, and another
+producer may add its own):
 
     {"curves": [{"method": str, "fr_model": str, "fmr": float,
                  "discard": [float, ...], "fnmr": [float, ...],
