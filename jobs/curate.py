@@ -8,10 +8,10 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from jobs.config import JobConfig, JsonSummary, TableConfig, configure_verb
-from jobs.maintain import MaintenanceSettings
 from pipeline.curation import CurationPlan, curate
 from pipeline.export import ExportSettings
 from pipeline.formats import FormatName
+from pipeline.maintenance import MaintenanceSettings
 from pipeline.policy import FilterPolicy
 from pipeline.scoring import ScorerSettings
 from pipeline.selection import selection_name

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from jobs.config import StorageConfig, configure_verb
@@ -13,31 +12,14 @@ from pipeline.formats import FormatName, get_format
 from pipeline.storage import filesystem, parse_uri
 from pipeline.synth.dataset import SynthSpec, write_synthetic
 from pipeline.synth.generation import gallery
-from pipeline.synth.sampling import DegradationPolicy
-from pipeline.synth.types import DEGRADATIONS
 
 GALLERY_MAX = 12
 
 
-class SynthConfig(StorageConfig):
-    identities: int = Field(100, gt=0, description="number of identities")
-    per_identity: int = Field(20, gt=0, description="images per identity")
+class SynthConfig(SynthSpec, StorageConfig):
     format: FormatName = Field("wds", description="format")
     out: str | None = Field(None, description="dataset URI to write")
-    seed: int = Field(0, description="same seed and arguments give identical bytes")
-    split: Literal["train", "eval"] = Field(
-        "train", description="train and eval identities are disjoint"
-    )
-    degradations: list[str] | None = Field(
-        None,
-        description=f"degradations to mix in (default: all of {', '.join(DEGRADATIONS)}"
-        "); 'none' for clean images",
-    )
-    image_format: Literal["jpg", "png"] = Field("jpg", description="encoding of the images")
     shard_size: int = Field(1000, gt=0, description="images per shard (wds, parquet)")
-    corrupt: int = Field(
-        0, ge=0, description="images written damaged (truncated or not an image), for testing"
-    )
     workers: int = Field(os.cpu_count() or 1, ge=1, description="rendering processes")
     gallery: str | None = Field(
         None,
@@ -51,25 +33,8 @@ class SynthConfig(StorageConfig):
             raise ValueError("give --out (a dataset) or --gallery (a PNG)")
         return self
 
-    @field_validator("degradations")
-    @classmethod
-    def known_degradations(cls, names: list[str] | None) -> list[str] | None:
-        if names == ["none"]:
-            return []
-        if names:
-            DegradationPolicy.from_names(names)  # raises naming an unknown one
-        return names
-
     def spec(self) -> SynthSpec:
-        return SynthSpec(
-            identities=self.identities,
-            per_identity=self.per_identity,
-            seed=self.seed,
-            split=self.split,
-            image_format=self.image_format,
-            corrupt=self.corrupt,
-            degradations=None if self.degradations is None else tuple(self.degradations),
-        )
+        return SynthSpec.model_validate(self.model_dump(include=set(SynthSpec.model_fields)))
 
 
 def run(config: SynthConfig) -> None:

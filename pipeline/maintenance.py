@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.manifest import DataFile, ManifestContent
@@ -57,6 +59,10 @@ ROWS_OF = "fiqa.rows-of"
 EXPIRED_BEFORE = "fiqa.expired-before"  # table property: snapshots before it were expired
 COMMIT_ATTEMPTS = 5
 MiB = 2**20
+# The defaults of `fiqa maintain` (MaintenanceSettings) and of a plan made in code.
+KEEP_LAST = 100
+ORPHAN_AGE = "3d"
+TARGET_FILE_MB = 128
 
 
 class MaintenanceError(FiqaError, ValueError):
@@ -64,12 +70,88 @@ class MaintenanceError(FiqaError, ValueError):
     commits that kept losing to concurrent writers); nothing half-done is left behind."""
 
 
+AGE = re.compile(r"(\d+)([smhdw])")
+UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_age(text: str) -> datetime.timedelta:
+    """`30m`, `36h`, `7d`, `2w` (or `0`) as a timedelta."""
+    if text == "0":
+        return datetime.timedelta(0)
+    match = AGE.fullmatch(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not an age such as 30m, 36h, 7d or 2w")
+    return datetime.timedelta(**{UNITS[match[2]]: int(match[1])})
+
+
+def parse_cutoff(text: str, now: datetime.datetime) -> datetime.datetime:
+    """An age before `now`, or an ISO 8601 time (UTC unless it says otherwise)."""
+    try:
+        return now - parse_age(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither an age (30m, 36h, 7d, 2w) nor an ISO 8601 time"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
+
+
+class MaintenanceSettings(BaseModel):
+    """How much history to keep and how to compact: shared by `fiqa maintain` and
+    `fiqa curate` (its `maintain:` entry)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keep_last: int = Field(KEEP_LAST, ge=1, description="always keep the newest N snapshots")
+    expire_older_than: str = Field(
+        "7d",
+        description="expire the snapshots beyond --keep-last that are older than this: an age "
+        "(30m, 36h, 7d, 2w) or an ISO 8601 time (UTC)",
+    )
+    orphan_older_than: str = Field(
+        ORPHAN_AGE,
+        description="remove files that nothing references once they are older than this age "
+        "(younger ones may belong to a scoring run still writing)",
+    )
+    target_file_mb: int = Field(
+        TARGET_FILE_MB,
+        gt=0,
+        description="compact data files smaller than this (MiB) into files this big",
+    )
+
+    @field_validator("expire_older_than")
+    @classmethod
+    def cutoff(cls, value: str) -> str:
+        parse_cutoff(value, datetime.datetime.now(datetime.UTC))
+        return value
+
+    @field_validator("orphan_older_than")
+    @classmethod
+    def age(cls, value: str) -> str:
+        parse_age(value)
+        return value
+
+    def maintenance_plan(self, dry_run: bool = False) -> MaintenancePlan:
+        now = datetime.datetime.now(datetime.UTC)
+        return MaintenancePlan(
+            keep_last=self.keep_last,
+            expire_before=parse_cutoff(self.expire_older_than, now),
+            orphan_age=parse_age(self.orphan_older_than),
+            target_file_size=self.target_file_mb * MiB,
+            dry_run=dry_run,
+        )
+
+
 @dataclass(frozen=True)
 class MaintenancePlan:
-    keep_last: int = 100  # snapshots always kept, newest first
+    keep_last: int = KEEP_LAST  # snapshots always kept, newest first
     expire_before: datetime.datetime | None = None  # older ones may go (None: none do)
-    orphan_age: datetime.timedelta = datetime.timedelta(days=3)  # younger files stay
-    target_file_size: int = 128 * MiB  # smaller data files are compacted
+    # younger files stay
+    orphan_age: datetime.timedelta = field(default_factory=lambda: parse_age(ORPHAN_AGE))
+    target_file_size: int = TARGET_FILE_MB * MiB  # smaller data files are compacted
     dry_run: bool = False  # plan and report, change nothing
 
 

@@ -20,37 +20,62 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import Literal
 
 import fsspec
 import numpy as np
 import PIL.Image
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.formats.base import DatasetFormat
 from pipeline.synth.generation import generate
 from pipeline.synth.sampling import DegradationPolicy
+from pipeline.synth.types import DEGRADATIONS
 
 METADATA_FILE = "_synth_metadata.jsonl"
 CORRUPT_TAG = 0xBAD  # RNG key of the choice of corrupt images, apart from the renderer's
 CORRUPTIONS = ("truncated", "not_an_image")
 
 
-@dataclass(frozen=True)
-class SynthSpec:
-    identities: int
-    per_identity: int
-    seed: int = 0
-    split: str = "train"
-    degradations: tuple[str, ...] | None = None  # None: the default mix; (): clean images
-    image_format: str = "jpg"
-    jpeg_quality: int = 95
-    corrupt: int = 0
+class SynthSpec(BaseModel):
+    """What to generate, each setting declared once: `fiqa synth` takes its flags from here."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    identities: int = Field(100, gt=0, description="number of identities")
+    per_identity: int = Field(20, gt=0, description="images per identity")
+    seed: int = Field(0, description="same seed and arguments give identical bytes")
+    split: Literal["train", "eval"] = Field(
+        "train", description="train and eval identities are disjoint"
+    )
+    degradations: list[str] | None = Field(
+        None,
+        description=f"degradations to mix in (default: all of {', '.join(DEGRADATIONS)}"
+        "); 'none' for clean images",
+    )
+    image_format: Literal["jpg", "png"] = Field("jpg", description="encoding of the images")
+    jpeg_quality: int = Field(
+        95, ge=1, le=100, description="JPEG quality (YAML only)", json_schema_extra={"cli": False}
+    )
+    corrupt: int = Field(
+        0, ge=0, description="images written damaged (truncated or not an image), for testing"
+    )
+
+    @field_validator("degradations")
+    @classmethod
+    def known_degradations(cls, names: list[str] | None) -> list[str] | None:
+        if names == ["none"]:
+            return []
+        if names:
+            DegradationPolicy.from_names(names)  # raises naming an unknown one
+        return names
 
     def policy(self) -> DegradationPolicy:
         if self.degradations is None:
             return DegradationPolicy()
         if not self.degradations:
             return DegradationPolicy.none()
-        return DegradationPolicy.from_names(list(self.degradations))
+        return DegradationPolicy.from_names(self.degradations)
 
     @property
     def images(self) -> int:

@@ -16,7 +16,7 @@ from pipeline.synth.dataset import SynthSpec, write_synthetic
 
 def synth_on(uri: str, identities: int, per_identity: int, split: str) -> None:
     fs, path = filesystem(uri)
-    spec = SynthSpec(identities, per_identity, split=split)
+    spec = SynthSpec(identities=identities, per_identity=per_identity, split=split)
     write_synthetic(spec, get_format("wds"), fs, path, shard_size=16, workers=1)
 
 

@@ -35,7 +35,7 @@ IDENTITIES, PER_IDENTITY = 6, 8
 def faces(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("faces"))
     fs, path = filesystem(root)
-    spec = SynthSpec(IDENTITIES, PER_IDENTITY)
+    spec = SynthSpec(identities=IDENTITIES, per_identity=PER_IDENTITY)
     write_synthetic(spec, get_format("wds"), fs, path, shard_size=16, workers=1)
     return root
 

@@ -75,7 +75,14 @@ def test_degraded_changes_about_its_share_of_the_readable_images_and_no_other():
 def faces(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("faces"))
     fs, path = filesystem(root)
-    write_synthetic(SynthSpec(6, 8), get_format("wds"), fs, path, shard_size=16, workers=1)
+    write_synthetic(
+        SynthSpec(identities=6, per_identity=8),
+        get_format("wds"),
+        fs,
+        path,
+        shard_size=16,
+        workers=1,
+    )
     return root
 
 
