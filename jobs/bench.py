@@ -16,11 +16,11 @@ from pipeline.bench.score import bench_score
 from pipeline.bench.synth import bench_synth
 from pipeline.catalog import CatalogConfig
 from pipeline.scoring import ScorerSettings, ScoringPlan
-from pipeline.settings import PresetName
+from pipeline.settings import DEFAULT_PRESET, PresetName
 
 
 class BenchModelConfig(JobConfig):
-    preset: PresetName = Field("vit-fiqa-cpu", description="architecture preset")
+    preset: PresetName = Field(DEFAULT_PRESET, description="architecture preset")
     mode: Mode = Field("token", description="token, crfiqa or full")
     batch_sizes: list[int] = Field([1, 16, 64, 256], description="batch sizes to time")
     seconds: float = Field(3.0, gt=0, description="timed seconds per batch size")
@@ -191,12 +191,12 @@ def configure(parser) -> None:
     )
 
 
-class BenchScoreConfig(ScorerSettings):
+class BenchScoreConfig(ScorerSettings, JobConfig):
     """`fiqa score`'s own settings, with its defaults, plus the benchmark's data."""
 
     images: int = Field(64_000, gt=0, description="images to score")
     shard_size: int = Field(1000, gt=0, description="images per WebDataset shard")
-    preset: PresetName = Field("vit-fiqa-cpu", description="architecture preset")
+    preset: PresetName = Field(DEFAULT_PRESET, description="architecture preset")
     baseline: bool = Field(True, description="also time the bare single-process loop")
 
 
@@ -222,7 +222,7 @@ def run_score(config: BenchScoreConfig) -> None:
 
 
 class BenchTrainConfig(JobConfig):
-    preset: PresetName = Field("vit-fiqa-cpu", description="architecture preset")
+    preset: PresetName = Field(DEFAULT_PRESET, description="architecture preset")
     batch_size: int = Field(32, gt=0, description="global batch")
     steps: int = Field(300, gt=0, description="timed steps of each run, after one warm-up step")
     workers: list[int] = Field([1, 2], description="Ray Train worker counts to time")

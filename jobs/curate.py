@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from pydantic import Field, model_validator
 
-from jobs.config import JobConfig, JsonSummary, TableConfig, configure_verb
+from jobs.config import JsonSummary, TableConfig, configure_verb
 from pipeline.curation import CurationPlan, curate
 from pipeline.export import ExportSettings
-from pipeline.formats import FormatName
 from pipeline.maintenance import MaintenanceSettings
 from pipeline.policy import FilterPolicy
 from pipeline.scoring import ScorerSettings
 from pipeline.selection import selection_name
+from pipeline.settings import DataSettings
 
 YAML_ONLY = {"cli": False}
 
 
-class DatasetEntry(JobConfig):
+class DatasetEntry(DataSettings):
     name: str = Field(description="dataset name in the manifest")
-    data: str = Field(description="dataset URI")
-    format: FormatName
-    format_options: dict[str, Any] = Field({}, description="format settings")
 
 
 class ExportEntry(ExportSettings):

@@ -30,7 +30,7 @@ from pipeline.command_log import LOG_DIR
 from pipeline.errors import FiqaError
 from pipeline.evaluation import dlib_fr
 from pipeline.evaluation.methods import BASELINES, VIT_FIQA
-from pipeline.evaluation.outputs import PLOT_FILE, RESULT_FILE
+from pipeline.evaluation.outputs import PLOT_FILE, RANKING_FILE, RESULT_FILE
 from pipeline.face_check import packaged_photos
 
 MARKER = ".fiqa-demo"  # a folder holding it was made by the demo and may be replaced
@@ -201,7 +201,7 @@ def summarise(out: Path, scored: dict, faces: dict | None, seconds: float) -> No
         f"EDC         {edc}\n"
         f"real faces  {real}\n"
         f"report      {out / 'report' / 'index.html'}\n"
-        f"evaluation  {out / 'eval-result'} ({RESULT_FILE}, {PLOT_FILE}, ranking.md)\n"
+        f"evaluation  {out / 'eval-result'} ({RESULT_FILE}, {PLOT_FILE}, {RANKING_FILE})\n"
         f"selection   {out / 'clean-wds'} (the kept images as WebDataset shards)"
     )
 

@@ -11,13 +11,13 @@ from jobs.config import JobConfig, configure_verb
 from models.artifact import save_artifact
 from models.presets import Mode
 from models.vit_fiqa import create_model
-from pipeline.settings import PresetName
+from pipeline.settings import DEFAULT_PRESET, PresetName
 
 log = logging.getLogger(__name__)
 
 
 class InitModelConfig(JobConfig):
-    preset: PresetName = Field("vit-fiqa-cpu", description="architecture preset")
+    preset: PresetName = Field(DEFAULT_PRESET, description="architecture preset")
     mode: Mode = Field("token", description="token (ViT-FIQA), crfiqa or full")
     out: str = Field(description="artifact directory to write")
     seed: int = Field(0, description="seed of the initialisation")

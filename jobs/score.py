@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import posixpath
 
 from pydantic import Field
@@ -11,8 +10,6 @@ from pydantic import Field
 from jobs.config import DataConfig, JsonSummary, TableConfig, configure_verb
 from pipeline.scoring import ScorerSettings, ScoringPlan, score
 from pipeline.storage import parse_uri
-
-log = logging.getLogger(__name__)
 
 
 class ScoreConfig(DataConfig, TableConfig, JsonSummary, ScorerSettings):

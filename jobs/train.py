@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 from jobs.config import StorageConfig, configure_verb
 from pipeline.evaluation.verification import FMR
 from pipeline.training.run import fit
 from pipeline.training.spec import TrainSpec
-
-log = logging.getLogger(__name__)
 
 
 class TrainConfig(TrainSpec, StorageConfig):

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from models.normalisation import SCALE
 from models.presets import ViTFIQAConfig
 from models.vit_fiqa import ViTFIQA
 from pipeline.errors import FiqaError
@@ -58,7 +59,7 @@ class InputSpec:
         return {
             "size": [self.size, self.size],
             "layout": "NCHW",
-            "scale": 255.0,
+            "scale": SCALE,
             "mean": list(self.mean),
             "std": list(self.std),
             "colour_order": self.colour_order,

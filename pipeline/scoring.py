@@ -54,7 +54,7 @@ from pipeline.manifest import (
     open_table,
     shards_committed_since,
 )
-from pipeline.settings import Gpus, gpus_or_none
+from pipeline.settings import DataSettings, Gpus, gpus_or_none
 from pipeline.status import OK
 from pipeline.storage import StorageError, StorageOptions, arrow_filesystem, filesystem
 
@@ -62,8 +62,6 @@ log = logging.getLogger(__name__)
 
 # A commit that loses to a concurrent writer is retried on the new head this often.
 COMMIT_ATTEMPTS = 5
-# Torch threads per CPU scorer when the cluster decides: beyond a few, more actors scale better.
-MAX_THREADS_PER_ACTOR = 4
 
 
 def artifact_config(model_uri: str, storage: StorageOptions | None = None) -> dict:
@@ -210,15 +208,12 @@ class ScorerSettings(BaseModel):
         return ScoringPlan(**self.model_dump(include=set(ScorerSettings.model_fields)), **where)
 
 
-class ScoringPlan(ScorerSettings):
+class ScoringPlan(ScorerSettings, DataSettings):
     """A scoring run: its settings, and which model scores which data into which table."""
 
     model: str
-    data: str
-    format: str
     table: str
     dataset: str
-    format_options: dict = {}
     storage: StorageOptions | None = None
     catalog: CatalogConfig = CatalogConfig()
 

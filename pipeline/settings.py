@@ -55,6 +55,18 @@ def check_preset(name: str) -> str:
 PresetName = typing.Annotated[str, AfterValidator(check_preset)]
 
 
+# A dataset format's settings: structured, so from YAML only.
+FormatOptions = typing.Annotated[
+    dict[str, Any],
+    Field(
+        description="format settings (YAML only), e.g. parquet column names",
+        json_schema_extra={"cli": False},
+    ),
+]
+# The architecture every verb builds or measures unless told.
+DEFAULT_PRESET = "vit-fiqa-cpu"
+
+
 class DataSettings(BaseModel):
     """A dataset to read: URI and format."""
 
@@ -62,8 +74,4 @@ class DataSettings(BaseModel):
 
     data: str = Field(description="dataset URI: a local path, file://, s3:// or memory://")
     format: FormatName = Field(description="dataset format")
-    format_options: dict[str, Any] = Field(
-        {},
-        description="format settings (YAML only), e.g. parquet column names",
-        json_schema_extra={"cli": False},
-    )
+    format_options: FormatOptions = {}

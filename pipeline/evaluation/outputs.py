@@ -8,7 +8,6 @@ import json
 
 from pipeline.evaluation.ranking import ranking_markdown
 from pipeline.evaluation.results import EdcResult
-from pipeline.report.charts import edc_chart
 from pipeline.storage import StorageOptions, filesystem
 
 RESULT_FILE = "result.json"
@@ -18,6 +17,8 @@ RANKING_FILE = "ranking.md"
 
 def write_outputs(result: dict, out: str, storage: StorageOptions | None = None) -> dict:
     """Write result.json, edc.png and ranking.md under `out`; returns their URIs."""
+    from pipeline.report.charts import edc_chart  # matplotlib: only where a plot is drawn
+
     fs, root = filesystem(out, storage)
     fs.makedirs(root, exist_ok=True)
     files = {

@@ -220,7 +220,12 @@ def fit(
     model.load_state_dict(state["model"])
     summary = {
         "trained": {
-            "spec": spec.model_dump(mode="json"),
+            # As run: the defaults resolved (storage options are not in the spec).
+            "spec": {
+                **spec.model_dump(mode="json"),
+                "augment": list(spec.augmentations),
+                "degrade": degrade,
+            },
             "classes": len(classes),
             "identities_file": IDENTITIES_FILE,
             "centres_file": CENTRES_FILE,

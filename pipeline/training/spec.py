@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -11,7 +11,7 @@ from pipeline.augment import AUGMENTATIONS, UTILITY_PRESERVING, check_augmentati
 from pipeline.errors import FiqaError
 from pipeline.evaluation.fr_models import FrModelSpec
 from pipeline.formats import FormatName
-from pipeline.settings import AutoCount, Gpus, PresetName
+from pipeline.settings import DEFAULT_PRESET, AutoCount, FormatOptions, Gpus, PresetName
 
 # The chance that a training image gets a fresh degradation each epoch (`data.degraded`), in
 # a run without a teacher; a teacher's degraded images are its labelled copies.
@@ -29,9 +29,7 @@ class TrainSpec(BaseModel):
 
     data: list[str] = Field(min_length=1, description="training dataset URI(s), one format")
     format: FormatName = Field(description="format of the training data")
-    format_options: dict[str, Any] = Field(
-        {}, description="format settings (YAML only)", json_schema_extra={"cli": False}
-    )
+    format_options: FormatOptions = {}
     eval_data: str | None = Field(
         None, description="held-out identities for verification metrics each epoch"
     )
@@ -42,7 +40,7 @@ class TrainSpec(BaseModel):
         0.02, ge=0, lt=0.5, description="training images held out for the CR Spearman"
     )
     out: str = Field(description="artifact directory to write (local or s3://)")
-    preset: PresetName = Field("vit-fiqa-cpu", description="architecture preset")
+    preset: PresetName = Field(DEFAULT_PRESET, description="architecture preset")
     mode: Mode = Field("token", description="token (ViT-FIQA), crfiqa or full")
     init_from: str | None = Field(None, description="start from this artifact's weights")
     loss: Literal["cosface", "arcface"] = Field("cosface", description="FR margin loss")
