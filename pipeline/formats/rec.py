@@ -90,12 +90,6 @@ def read_index(fs: fsspec.AbstractFileSystem, path: str) -> dict[int, int]:
     return dict(zip(index.keys.tolist(), index.offsets.tolist(), strict=True))
 
 
-def read_index_arrays(fs: fsspec.AbstractFileSystem, path: str) -> tuple[np.ndarray, np.ndarray]:
-    """(keys, offsets) of a `.idx` file, sorted by key: `read_index` without a dict per record."""
-    index = _parse_index(fs, path)
-    return index.keys, index.offsets
-
-
 def _parse_index(fs: fsspec.AbstractFileSystem, path: str) -> _Index:
     # Compact arrays: a Glint360K index has 17M lines, far too many for a dict per worker.
     keys, offsets = array("q"), array("q")
